@@ -1,0 +1,110 @@
+//! Passive sockets: `ptcp:` and `punix:` listeners.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use super::upstream::{tune_tcp, BoxIo};
+use crate::remote::Passive;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {remote}: {source}")]
+    Bind { remote: String, source: std::io::Error },
+    #[error("cannot listen on {0}: the socket is in use by another process")]
+    InUse(String),
+    #[error("cannot listen on {0}: the path exists and is not a socket")]
+    NotASocket(String),
+}
+
+/// The address a listener is bound to, printed in the OVS syntax a client would use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl BoundAddr {
+    /// The remote a client passes to `--db` to reach this listener.
+    pub fn client_remote(&self) -> String {
+        match self {
+            BoundAddr::Tcp(a) if a.is_ipv6() => format!("tcp:[{}]:{}", a.ip(), a.port()),
+            BoundAddr::Tcp(a) => format!("tcp:{}:{}", a.ip(), a.port()),
+            BoundAddr::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+impl fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BoundAddr::Tcp(a) => write!(f, "ptcp:{}:{}", a.port(), a.ip()),
+            BoundAddr::Unix(p) => write!(f, "punix:{}", p.display()),
+        }
+    }
+}
+
+pub enum Listener {
+    Tcp(TcpListener),
+    /// The path is removed when the listener is dropped.
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(remote: &Passive) -> Result<Self, ListenError> {
+        let err = |source| ListenError::Bind { remote: remote.to_string(), source };
+        match remote {
+            Passive::Tcp { port, ip } => {
+                Ok(Listener::Tcp(TcpListener::bind(SocketAddr::new(*ip, *port)).await.map_err(err)?))
+            }
+            Passive::Unix(path) => {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if !meta.file_type().is_socket() {
+                        return Err(ListenError::NotASocket(remote.to_string()));
+                    }
+                    // Someone answering on it: refuse. Nobody: a stale socket, reuse the path.
+                    if tokio::net::UnixStream::connect(path).await.is_ok() {
+                        return Err(ListenError::InUse(remote.to_string()));
+                    }
+                    std::fs::remove_file(path).map_err(err)?;
+                }
+                Ok(Listener::Unix(UnixListener::bind(path).map_err(err)?, path.clone()))
+            }
+        }
+    }
+
+    pub fn local_addr(&self) -> BoundAddr {
+        match self {
+            Listener::Tcp(l) => {
+                BoundAddr::Tcp(l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))))
+            }
+            Listener::Unix(_, p) => BoundAddr::Unix(p.clone()),
+        }
+    }
+
+    /// Accepts one client; returns its stream and a printable peer name.
+    pub async fn accept(&self) -> std::io::Result<(BoxIo, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                tune_tcp(&s, false);
+                Ok((Box::new(s), peer.to_string()))
+            }
+            Listener::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), format!("unix:{}", path.display())))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The only layer that owns sockets: listeners, upstream connections, and the session relay.
+//!
+//! **Invariant**: one client connection ↔ one upstream connection, opened at accept and closed
+//! together. The server keeps per-session state (monitors, locks, `wait` triggers); sharing an
+//! upstream would need id, monitor and lock rewriting, and a dead client would keep its locks.
+
+mod listener;
+mod session;
+mod upstream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+pub use listener::{BoundAddr, ListenError, Listener};
+pub use upstream::{connect_any, UpstreamError};
+
+use crate::remote::{Active, Passive};
+use crate::wire::DEFAULT_MAX_FRAME;
+
+/// Everything the data path needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub upstreams: Vec<Active>,
+    pub listen: Vec<Passive>,
+    /// Sessions served at once; further clients wait in the listen backlog.
+    pub max_sessions: usize,
+    /// Bound on one client-to-server message.
+    pub max_frame: usize,
+    pub connect_timeout: Duration,
+    /// How long a session waits for the server to close after the client has gone.
+    pub close_grace: Duration,
+}
+
+impl Config {
+    pub fn new(upstreams: Vec<Active>, listen: Vec<Passive>) -> Self {
+        Self {
+            upstreams,
+            listen,
+            max_sessions: 1024,
+            max_frame: DEFAULT_MAX_FRAME,
+            connect_timeout: Duration::from_secs(5),
+            close_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A proxy whose listeners are bound (so their addresses are known) but not serving yet.
+pub struct Proxy {
+    cfg: Arc<Config>,
+    listeners: Vec<Listener>,
+}
+
+impl Proxy {
+    /// Binds every listener, or fails with the first one that cannot be bound.
+    pub async fn bind(cfg: Config) -> Result<Self, ListenError> {
+        let mut listeners = Vec::with_capacity(cfg.listen.len());
+        for p in &cfg.listen {
+            listeners.push(Listener::bind(p).await?);
+        }
+        Ok(Self { cfg: Arc::new(cfg), listeners })
+    }
+
+    /// The addresses actually bound (`ptcp:0` gets a kernel-chosen port).
+    pub fn local_addrs(&self) -> Vec<BoundAddr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes the listeners and gives open sessions
+    /// `close_grace` to finish before they are dropped.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
+        let next_id = Arc::new(AtomicU64::new(1));
+        tracker.spawn(probe_upstream(self.cfg.clone(), shutdown.clone()));
+        for listener in self.listeners {
+            info!(listen = %listener.local_addr(), "listening");
+            let cfg = self.cfg.clone();
+            let (permits, next_id, tracker2) = (permits.clone(), next_id.clone(), tracker.clone());
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                loop {
+                    // A permit first, then accept: past the bound, clients wait in the backlog.
+                    let permit = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    };
+                    let accepted = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        a = listener.accept() => a,
+                    };
+                    let (io, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("session", id, peer = %peer);
+                    let (cfg, shutdown) = (cfg.clone(), shutdown.clone());
+                    tracker2.spawn(
+                        async move {
+                            session::run(io, &cfg, shutdown).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                drop(listener);
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+/// Logs whether the upstream can be reached, retrying with backoff until it can. Sessions do
+/// not wait for it: each connects on its own and fails alone.
+async fn probe_upstream(cfg: Arc<Config>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match connect_any(&cfg.upstreams, cfg.connect_timeout).await {
+            Ok((_, remote)) => {
+                info!(upstream = %remote, "upstream reachable");
+                return;
+            }
+            Err(e) => warn!(error = %e, retry_in = ?delay, "upstream unreachable"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

@@ -154,10 +154,13 @@ mod tests {
             .collect()
     }
 
-    /// Byte-level cases: (pieces as they arrive, whole messages expected).
+    /// Pieces as they arrive, and the whole messages expected from them.
+    type Case<'a> = (&'a [&'a [u8]], &'a [&'a [u8]]);
+
+    /// Byte-level cases.
     #[test]
     fn whole_message_table() {
-        let cases: &[(&[&[u8]], &[&[u8]])] = &[
+        let cases: &[Case] = &[
             (&[br#"{"id":1}"#], &[br#"{"id":1}"#]),
             (&[br#"{"id":1}{"id":2}"#], &[br#"{"id":1}"#, br#"{"id":2}"#]),
             (&[b"{\"id\":1}\n", b"{\"id\":2}\n"], &[b"{\"id\":1}", b"\n{\"id\":2}"]),

@@ -52,12 +52,17 @@ struct RunArgs {
     connect_timeout: u64,
 }
 
-fn init_logging(filter: Option<&str>) {
+fn init_logging(filter: Option<&str>, default: &str) {
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn config(args: RunArgs) -> Result<Config> {
@@ -99,7 +104,9 @@ fn cancel_on_signals(token: CancellationToken) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    // The demo prints its own story; the proxy's log would drown it unless asked for.
+    let default_filter = if matches!(cli.command, Some(Command::Demo)) { "warn" } else { "info" };
+    init_logging(cli.log.as_deref(), default_filter);
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
     match cli.command {

@@ -8,7 +8,9 @@ use tokio_util::codec::Decoder;
 
 /// A `monitor_cond_since` reply with `ports` Logical_Switch_Port rows.
 fn monitor_reply(ports: usize) -> Vec<u8> {
-    let mut s = String::from(r#"{"id":3,"result":[false,"00000000-0000-0000-0000-000000000000",{"Logical_Switch_Port":{"#);
+    let mut s = String::from(
+        r#"{"id":3,"result":[false,"00000000-0000-0000-0000-000000000000",{"Logical_Switch_Port":{"#,
+    );
     for i in 0..ports {
         if i > 0 {
             s.push(',');
@@ -28,7 +30,7 @@ fn small_messages(n: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for i in 0..n {
         match i % 3 {
-            0 => out.extend_from_slice(format!(r#"{{"id":"echo","method":"echo","params":[]}}"#).as_bytes()),
+            0 => out.extend_from_slice(br#"{"id":"echo","method":"echo","params":[]}"#),
             1 => out.extend_from_slice(
                 format!(
                     "{{\"method\":\"transact\",\"params\":[\"OVN_Northbound\",{{\"op\":\"mutate\",\"table\":\"Logical_Switch_Port\",\"where\":[[\"_uuid\",\"==\",[\"uuid\",\"1fdf8404-0000-0000-0000-{i:012}\"]]],\"mutations\":[[\"options\",\"insert\",[\"map\",[[\"k\",\"v\\\"{i}\"]]]]]}}],\"id\":{i}}}\n"

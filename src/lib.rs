@@ -1,11 +1,16 @@
 //! ovn-nb-proxy: a transparent OVSDB JSON-RPC proxy for the OVN Northbound database.
 //!
-//! See ARCHITECTURE.md for the codemap. Layers: `wire` (pure framing and message
-//! classification), `remote` (OVS remote syntax), `proxy` (the only code that owns sockets),
-//! `demo` (the README's main job).
+//! See ARCHITECTURE.md for the codemap. Pure layers: `wire` (framing, envelopes), `policy`
+//! (migration rules), `rewrite` (glue between the two), `cache` (the port view), `remote` (OVS
+//! remote syntax). Edges: `proxy` (the only code that owns sockets), `sandbox` and `demo`
+//! (processes for the demo and the tests), `metrics`.
 
+pub mod cache;
 pub mod demo;
+pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod remote;
+pub mod rewrite;
 pub mod sandbox;
 pub mod wire;

@@ -50,6 +50,12 @@ struct RunArgs {
     /// Seconds to wait for an upstream connection.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     connect_timeout: u64,
+    /// TOML file with the policy's tag names (`[migration]` table).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Log the rewrites the policy would make and forward the original transactions.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn init_logging(filter: Option<&str>, default: &str) {
@@ -79,6 +85,13 @@ fn config(args: RunArgs) -> Result<Config> {
         bail!("--max-sessions must be at least 1");
     }
     let mut cfg = Config::new(upstreams, listen);
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file =
+            ovn_nb_proxy::policy::load_toml(&text).with_context(|| format!("in {}", path.display()))?;
+        cfg.policy = file.migration;
+    }
+    cfg.dry_run = args.dry_run;
     cfg.max_sessions = args.max_sessions;
     cfg.max_frame = args.max_frame_size;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));

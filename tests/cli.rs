@@ -50,7 +50,7 @@ fn a_stale_socket_file_is_replaced_and_listeners_default_to_loopback() {
     let sock = p.unix.clone();
     drop(p);
     // A socket file left behind (as after SIGKILL) is reused, not an error.
-    let _stale = std::os::unix::net::UnixListener::bind(&sock).map(|l| drop(l));
+    let _stale = std::os::unix::net::UnixListener::bind(&sock).map(drop);
     let p2 = Proxy::start(&nb.server.unix_remote(), &[]);
     ovn_nbctl(&p2.unix_remote(), &["ls-list"]).expect("works");
 }
@@ -69,4 +69,41 @@ fn an_unreachable_upstream_is_retried_until_it_appears() {
     p.wait_log("upstream reachable", Duration::from_secs(15));
     ovn_nbctl(&server.unix_remote(), &["init"]).expect("init");
     ovn_nbctl(&p.unix_remote(), &["ls-add", "late"]).expect("through the proxy");
+}
+
+#[test]
+fn the_demo_walks_through_and_leaves_nothing_running() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy")).arg("demo").output().expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    for step in ["ovn-nbctl", "lsp-add sw0 vm1", "requested-chassis=hv1", "owner=demo", "switch"] {
+        assert!(stdout.contains(step), "demo output lacks {step:?}:\n{stdout}");
+    }
+    let dir = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("• done: stopping ovsdb-server and removing "))
+        .expect("the demo names its temp dir")
+        .to_string();
+    assert!(!std::path::Path::new(&dir).exists(), "temp dir {dir} removed");
+    let ps = Command::new("ps").args(["-eo", "args"]).output().expect("ps");
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains(&dir), "no process of the demo left running");
+}
+
+#[test]
+fn the_demo_stops_everything_on_ctrl_c() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run demo");
+    // Interrupt as soon as the database is up.
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).expect("first line");
+    assert!(first.contains("NB database"), "{first}");
+    let pid = first.split("(pid ").nth(1).and_then(|r| r.split(')').next()).expect("pid").to_string();
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "demo exits cleanly on SIGINT: {status}");
+    eventually("the demo's ovsdb-server is gone", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
 }

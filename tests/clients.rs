@@ -127,3 +127,27 @@ fn ovn_nbctl_errors_come_back_unchanged() {
         |e: anyhow::Error| e.to_string().replace(&p.unix_remote(), "").replace(&nb.server.unix_remote(), "");
     assert_eq!(strip(err), strip(direct));
 }
+
+#[test]
+fn the_installed_nb_schema_has_what_the_policy_needs() {
+    let nb = nb();
+    let p = Proxy::start(&nb.server.unix_remote(), &[]);
+    let schema: serde_json::Value =
+        serde_json::from_str(&ovsdb_client(&["get-schema", &p.unix_remote(), "OVN_Northbound"]))
+            .expect("schema JSON");
+    let req: serde_json::Value =
+        serde_json::from_str(include_str!("../schemas/nb-requirements.json")).expect("json");
+    for (table, cols) in req["tables"].as_object().expect("tables") {
+        for (col, want) in cols.as_object().expect("columns") {
+            let ty = &schema["tables"][table]["columns"][col]["type"];
+            assert!(!ty.is_null(), "{table}.{col} missing from the installed schema");
+            let key = ty["key"].as_str().or_else(|| ty["key"]["type"].as_str());
+            assert_eq!(key, want["key"].as_str(), "{table}.{col} key type: {ty}");
+            if let Some(v) = want.get("value") {
+                let value = ty["value"].as_str().or_else(|| ty["value"]["type"].as_str());
+                assert_eq!(value, v.as_str(), "{table}.{col} value type: {ty}");
+                assert_eq!(ty["max"], want["max"], "{table}.{col} is a map: {ty}");
+            }
+        }
+    }
+}

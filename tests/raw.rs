@@ -152,10 +152,12 @@ fn recording_upstream(
             s.write_all(&piece).expect("write");
             std::thread::sleep(Duration::from_millis(5));
         }
-        while until_eof {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
+        if until_eof {
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
             }
         }
         got

@@ -5,6 +5,7 @@
 //! upstream would need id, monitor and lock rewriting, and a dead client would keep its locks.
 
 mod listener;
+mod monitor;
 mod session;
 mod upstream;
 
@@ -20,6 +21,9 @@ use tracing::{info, warn, Instrument};
 pub use listener::{BoundAddr, ListenError, Listener};
 pub use upstream::{connect_any, UpstreamError};
 
+use crate::cache::LspCache;
+use crate::metrics::Metrics;
+use crate::policy::PolicyConfig;
 use crate::remote::{Active, Passive};
 use crate::wire::DEFAULT_MAX_FRAME;
 
@@ -35,6 +39,18 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long a session waits for the server to close after the client has gone.
     pub close_grace: Duration,
+    /// Tag names and default strategy of the migration policy.
+    pub policy: PolicyConfig,
+    /// Log the rewrites and reconciles the policy would make, change nothing.
+    pub dry_run: bool,
+}
+
+/// What every session and the monitor share.
+pub struct Shared {
+    pub cache: Arc<LspCache>,
+    pub policy: PolicyConfig,
+    pub dry_run: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Config {
@@ -46,6 +62,8 @@ impl Config {
             max_frame: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(5),
             close_grace: Duration::from_secs(5),
+            policy: PolicyConfig::default(),
+            dry_run: false,
         }
     }
 }
@@ -53,6 +71,7 @@ impl Config {
 /// A proxy whose listeners are bound (so their addresses are known) but not serving yet.
 pub struct Proxy {
     cfg: Arc<Config>,
+    shared: Arc<Shared>,
     listeners: Vec<Listener>,
 }
 
@@ -63,7 +82,18 @@ impl Proxy {
         for p in &cfg.listen {
             listeners.push(Listener::bind(p).await?);
         }
-        Ok(Self { cfg: Arc::new(cfg), listeners })
+        let shared = Arc::new(Shared {
+            cache: Arc::new(LspCache::new()),
+            policy: cfg.policy.clone(),
+            dry_run: cfg.dry_run,
+            metrics: Arc::new(Metrics::new()),
+        });
+        Ok(Self { cfg: Arc::new(cfg), shared, listeners })
+    }
+
+    /// The port cache, the metrics and the policy, shared with every session.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The addresses actually bound (`ptcp:0` gets a kernel-chosen port).
@@ -78,9 +108,10 @@ impl Proxy {
         let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
         let next_id = Arc::new(AtomicU64::new(1));
         tracker.spawn(probe_upstream(self.cfg.clone(), shutdown.clone()));
+        tracker.spawn(monitor::run(self.cfg.clone(), self.shared.clone(), shutdown.clone()));
         for listener in self.listeners {
             info!(listen = %listener.local_addr(), "listening");
-            let cfg = self.cfg.clone();
+            let (cfg, shared) = (self.cfg.clone(), self.shared.clone());
             let (permits, next_id, tracker2) = (permits.clone(), next_id.clone(), tracker.clone());
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
@@ -104,10 +135,13 @@ impl Proxy {
                     };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("session", id, peer = %peer);
-                    let (cfg, shutdown) = (cfg.clone(), shutdown.clone());
+                    let (cfg, shared, shutdown) = (cfg.clone(), shared.clone(), shutdown.clone());
                     tracker2.spawn(
                         async move {
-                            session::run(io, &cfg, shutdown).await;
+                            shared.metrics.sessions.inc();
+                            shared.metrics.sessions_open.inc();
+                            session::run(io, &peer, &cfg, &shared, shutdown).await;
+                            shared.metrics.sessions_open.dec();
                             drop(permit);
                         }
                         .instrument(span),

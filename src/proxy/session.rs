@@ -7,16 +7,18 @@
 
 use std::io::ErrorKind;
 use std::pin::pin;
+use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::upstream::{connect_any, BoxIo};
-use super::Config;
-use crate::wire::{FrameCodec, FrameError};
+use super::{Config, Shared};
+use crate::rewrite::{cancelled_id, fix_reply, inspect_request, show_opts, PendingMap};
+use crate::wire::{Chunk, FrameCodec, FrameError};
 
 const READ_BUF: usize = 64 * 1024;
 
@@ -63,7 +65,13 @@ fn log_end(dir: &str, r: &Result<(), RelayError>) {
     }
 }
 
-pub(super) async fn run(client: BoxIo, cfg: &Config, shutdown: CancellationToken) {
+pub(super) async fn run(
+    client: BoxIo,
+    peer: &str,
+    cfg: &Config,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
     let upstream = match connect_any(&cfg.upstreams, cfg.connect_timeout).await {
         Ok((io, remote)) => {
             debug!(upstream = %remote, "session open");
@@ -76,10 +84,17 @@ pub(super) async fn run(client: BoxIo, cfg: &Config, shutdown: CancellationToken
     };
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
-    let mut up = pin!(client_to_server(cr, uw, cfg.max_frame));
-    let mut down = pin!(server_to_client(ur, cw));
+    // Replies the session must trim, shared by the two directions; never held across an await.
+    let pending = Mutex::new(PendingMap::new());
+    let client_tap = ClientTap { shared, pending: &pending, peer };
+    let mut up = pin!(pump(cr, uw, FrameCodec::new(cfg.max_frame), CLIENT_TO_SERVER, client_tap));
+    let mut down =
+        pin!(pump(ur, cw, FrameCodec::new(usize::MAX), SERVER_TO_CLIENT, ServerTap { pending: &pending }));
     tokio::select! {
         r = &mut up => {
+            if matches!(r, Err(RelayError::ClientFrame(FrameError::TooLarge { .. }))) {
+                shared.metrics.frame_too_large.inc();
+            }
             log_end("client→server", &r);
             if r.is_ok() {
                 // The client closed its side; the server closes when it has answered.
@@ -137,9 +152,23 @@ const SERVER_TO_CLIENT: Direction = Direction {
     frame: RelayError::UpstreamFrame,
 };
 
+/// What a direction does with each chunk on its way through.
+trait Tap {
+    /// Called before each decode: the chance to switch streaming on or off.
+    fn prepare(&mut self, _codec: &mut FrameCodec) {}
+    /// The bytes to forward for `chunk`.
+    fn forward(&mut self, chunk: Chunk) -> Bytes;
+}
+
 /// Reads, frames and forwards one direction until end of stream, then half-closes the writer.
 /// Messages that preceded a bad one in the same read are still delivered.
-async fn pump<R, W>(mut r: R, mut w: W, mut codec: FrameCodec, dir: Direction) -> Result<(), RelayError>
+async fn pump<R, W>(
+    mut r: R,
+    mut w: W,
+    mut codec: FrameCodec,
+    dir: Direction,
+    mut tap: impl Tap,
+) -> Result<(), RelayError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -150,9 +179,10 @@ where
         reserve(&mut buf);
         let eof = r.read_buf(&mut buf).await.map_err(dir.read)? == 0;
         let decoded = loop {
+            tap.prepare(&mut codec);
             let next = if eof { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
             match next {
-                Ok(Some(chunk)) => out.push(chunk.bytes().clone()),
+                Ok(Some(chunk)) => out.push(tap.forward(chunk)),
                 Ok(None) => break Ok(()),
                 Err(e) => break Err((dir.frame)(e)),
             }
@@ -166,18 +196,77 @@ where
     }
 }
 
-/// Client to server: whole messages only, each bounded by `max_frame`, forwarded as they came.
-async fn client_to_server(
-    r: ReadHalf<BoxIo>,
-    w: WriteHalf<BoxIo>,
-    max_frame: usize,
-) -> Result<(), RelayError> {
-    pump(r, w, FrameCodec::new(max_frame), CLIENT_TO_SERVER).await
+/// Client to server: whole messages (bounded by `max_frame`); `transact` requests on ports go
+/// through the policy, everything else as it came.
+struct ClientTap<'a> {
+    shared: &'a Shared,
+    pending: &'a Mutex<PendingMap>,
+    peer: &'a str,
 }
 
-/// Server to client: streamed as scanned, never holding a whole message.
-async fn server_to_client(r: ReadHalf<BoxIo>, w: WriteHalf<BoxIo>) -> Result<(), RelayError> {
-    let mut codec = FrameCodec::new(usize::MAX);
-    codec.set_streaming(true);
-    pump(r, w, codec, SERVER_TO_CLIENT).await
+impl Tap for ClientTap<'_> {
+    fn forward(&mut self, chunk: Chunk) -> Bytes {
+        let Chunk::Message(raw) = chunk else { return chunk.bytes().clone() };
+        let shared = self.shared;
+        if let Some(id) = cancelled_id(&raw) {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return raw;
+        }
+        let Some(ins) = inspect_request(&raw, &*shared.cache, &shared.policy) else { return raw };
+        shared.metrics.transactions.inc();
+        for skip in &ins.plan.skips {
+            shared.metrics.skips.get_or_create(&[("reason", skip.reason.as_str())]).inc();
+            warn!(port = %skip.port, reason = %skip.reason.as_str(), client = %self.peer, "tagged port left alone");
+        }
+        if let Some(u) = &ins.plan.unhandled {
+            debug!(op = ?u.op, what = u.what, "transaction not understood by the policy: forwarded as is");
+        }
+        if ins.plan.changes.is_empty() {
+            return raw;
+        }
+        for c in &ins.plan.changes {
+            shared.metrics.rewrites.get_or_create(&[("cause", c.cause.as_str())]).inc();
+            info!(
+                target: "ovn_nb_proxy::audit",
+                port = %c.port,
+                before = ?show_opts(&c.before),
+                after = ?show_opts(&c.after),
+                cause = %c.cause.as_str(),
+                client = %self.peer,
+                dry_run = shared.dry_run,
+                "rewrite"
+            );
+        }
+        if shared.dry_run {
+            return raw;
+        }
+        match ins.rewritten() {
+            Some(bytes) => {
+                if let Some((id, p)) = ins.pending() {
+                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, p);
+                }
+                bytes
+            }
+            None => raw,
+        }
+    }
+}
+
+/// Server to client: streamed as scanned, never holding a whole message, except while a reply
+/// must be trimmed: then whole messages, so the awaited reply can be fixed.
+struct ServerTap<'a> {
+    pending: &'a Mutex<PendingMap>,
+}
+
+impl Tap for ServerTap<'_> {
+    fn prepare(&mut self, codec: &mut FrameCodec) {
+        let waiting = !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        codec.set_streaming(!waiting);
+    }
+
+    fn forward(&mut self, chunk: Chunk) -> Bytes {
+        let Chunk::Message(raw) = chunk else { return chunk.bytes().clone() };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        fix_reply(&raw, &mut pending).unwrap_or(raw)
+    }
 }

@@ -1,0 +1,57 @@
+//! Counters the proxy keeps, registered in one `prometheus-client` `Registry` owned by the
+//! proxy (no globals). All names start with `ovn_nb_proxy_`; README.md documents each one.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// One label, e.g. `[("cause", "started")]`.
+pub type Label = [(&'static str, &'static str); 1];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub sessions_open: Gauge,
+    pub sessions: Counter,
+    pub frame_too_large: Counter,
+    pub transactions: Counter,
+    pub rewrites: Family<Label, Counter>,
+    pub skips: Family<Label, Counter>,
+    pub reconciles: Family<Label, Counter>,
+    pub monitor_resyncs: Counter,
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics::default();
+        let mut r = Registry::with_prefix("ovn_nb_proxy");
+        r.register("client_sessions_open", "Client sessions open now", m.sessions_open.clone());
+        r.register("client_sessions", "Client sessions accepted", m.sessions.clone());
+        r.register(
+            "frame_too_large",
+            "Clients disconnected for a message over --max-frame-size",
+            m.frame_too_large.clone(),
+        );
+        r.register("transactions", "transact requests seen on Logical_Switch_Port", m.transactions.clone());
+        r.register("rewrites", "Port rewrites made in client transactions, by cause", m.rewrites.clone());
+        r.register("skips", "Tagged ports left alone, by reason", m.skips.clone());
+        r.register("reconciles", "Reconciler transactions, by outcome", m.reconciles.clone());
+        r.register(
+            "monitor_resyncs",
+            "Initial monitor replies loaded into the port cache",
+            m.monitor_resyncs.clone(),
+        );
+        m.registry = r;
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,234 @@
+//! The live-migration policy: pure functions, no I/O, no clock, no locks.
+//!
+//! A `Logical_Switch_Port` whose `external_ids` carry a destination tag is *migrating*; the policy
+//! keeps its `options:requested-chassis` and `options:activation-strategy` in step with the tags
+//! (see [`desired`]) and never writes any other key. Three entry points:
+//! * [`plan_transact`]: a client's `transact` params → a [`Plan`] (forward as is, or rewritten);
+//! * [`map_result`]: the server's result array → the array the client expects (when ops were added);
+//! * [`plan_reconcile`]: a row seen on the monitor → a conditional fix-up transaction.
+
+mod config;
+mod decide;
+mod reply;
+mod txn;
+pub mod value;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{load_toml, ConfigError, FileConfig, PolicyConfig};
+pub use decide::{desired, plan_reconcile, Desired};
+pub use reply::map_result;
+pub use txn::plan_transact;
+
+/// The database whose transactions the policy looks at.
+pub const NB_DB: &str = "OVN_Northbound";
+/// The table whose rows the policy looks at.
+pub const LSP_TABLE: &str = "Logical_Switch_Port";
+/// The first of the two option keys the policy owns.
+pub const REQUESTED_CHASSIS: &str = "requested-chassis";
+/// The second of the two option keys the policy owns.
+pub const ACTIVATION_STRATEGY: &str = "activation-strategy";
+
+/// One `Logical_Switch_Port` row, reduced to the columns the policy reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LspState {
+    pub uuid: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// Read access to the proxy's copy of the `Logical_Switch_Port` table (pre-transaction state).
+pub trait LspView {
+    fn by_uuid(&self, uuid: &str) -> Option<LspState>;
+    fn by_name(&self, name: &str) -> Option<LspState>;
+    fn all(&self) -> Vec<LspState>;
+}
+
+/// A linear-scan view, handy for small tests.
+impl LspView for [LspState] {
+    fn by_uuid(&self, uuid: &str) -> Option<LspState> {
+        self.iter().find(|r| r.uuid == uuid).cloned()
+    }
+    fn by_name(&self, name: &str) -> Option<LspState> {
+        self.iter().find(|r| r.name == name).cloned()
+    }
+    fn all(&self) -> Vec<LspState> {
+        self.to_vec()
+    }
+}
+
+/// An immutable, indexed view (tests, benches, offline replay).
+#[derive(Debug, Clone, Default)]
+pub struct StaticView {
+    rows: Vec<LspState>,
+    by_uuid: HashMap<String, usize>,
+    by_name: HashMap<String, usize>,
+}
+
+impl StaticView {
+    pub fn new(rows: Vec<LspState>) -> Self {
+        let by_uuid = rows.iter().enumerate().map(|(i, r)| (r.uuid.clone(), i)).collect();
+        let by_name = rows.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        StaticView { rows, by_uuid, by_name }
+    }
+}
+
+impl LspView for StaticView {
+    fn by_uuid(&self, uuid: &str) -> Option<LspState> {
+        self.by_uuid.get(uuid).and_then(|&i| self.rows.get(i)).cloned()
+    }
+    fn by_name(&self, name: &str) -> Option<LspState> {
+        self.by_name.get(name).and_then(|&i| self.rows.get(i)).cloned()
+    }
+    fn all(&self) -> Vec<LspState> {
+        self.rows.clone()
+    }
+}
+
+/// The two option keys the policy owns; `None` = key absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Opts {
+    #[serde(rename = "requested-chassis", default, skip_serializing_if = "Option::is_none")]
+    pub requested_chassis: Option<String>,
+    #[serde(rename = "activation-strategy", default, skip_serializing_if = "Option::is_none")]
+    pub activation_strategy: Option<String>,
+}
+
+impl Opts {
+    /// The two keys as they stand in an `options` map.
+    pub fn of(options: &BTreeMap<String, String>) -> Opts {
+        Opts {
+            requested_chassis: options.get(REQUESTED_CHASSIS).cloned(),
+            activation_strategy: options.get(ACTIVATION_STRATEGY).cloned(),
+        }
+    }
+
+    /// The pairs to insert (requested-chassis first).
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(rc) = &self.requested_chassis {
+            out.push((REQUESTED_CHASSIS, rc.as_str()));
+        }
+        if let Some(s) = &self.activation_strategy {
+            out.push((ACTIVATION_STRATEGY, s.as_str()));
+        }
+        out
+    }
+}
+
+/// Why the policy changes a port's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The tags appeared (or named a new destination).
+    Started,
+    /// The port was already in this state; a write had changed the keys.
+    Reasserted,
+    /// The phase became succeeded.
+    Succeeded,
+    /// The phase became failed.
+    Failed,
+    /// The destination tag was removed while the migration was in progress.
+    Aborted,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Started => "started",
+            Cause::Reasserted => "reasserted",
+            Cause::Succeeded => "succeeded",
+            Cause::Failed => "failed",
+            Cause::Aborted => "aborted",
+        }
+    }
+}
+
+/// Why a tagged port is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// A chassis name contains a comma.
+    CommaInName,
+    /// Source and destination are the same chassis.
+    SameChassis,
+    /// No source tag and no `requested-chassis` to take it from.
+    NoSource,
+    /// An op whose `where` the policy cannot evaluate may write this port's options or tags.
+    UnresolvedWhere,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::CommaInName => "comma_in_name",
+            SkipReason::SameChassis => "same_chassis",
+            SkipReason::NoSource => "no_source",
+            SkipReason::UnresolvedWhere => "unresolved_where",
+        }
+    }
+}
+
+/// One port whose options the proxy changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The port's name if known, else its uuid, else its uuid-name.
+    pub port: String,
+    /// The two keys as the writer's transaction alone would leave them.
+    pub before: Opts,
+    /// The two keys after the proxy's rewrite.
+    pub after: Opts,
+    pub cause: Cause,
+}
+
+/// One tagged port the policy leaves alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skip {
+    pub port: String,
+    pub reason: SkipReason,
+}
+
+/// Why a transaction was forwarded without being looked at (the server judges it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unhandled {
+    /// Index of the offending client op, if one is to blame.
+    pub op: Option<usize>,
+    pub what: &'static str,
+}
+
+/// What to do with one `transact` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The new params array; `None` means forward the original bytes.
+    pub rewritten: Option<serde_json::Value>,
+    /// Ops the client sent (params minus the database name).
+    pub client_ops: usize,
+    /// Ops sent upstream: `client_ops` plus the ops the proxy appended.
+    pub upstream_ops: usize,
+    pub changes: Vec<Change>,
+    pub skips: Vec<Skip>,
+    /// Set when the transaction has a shape the policy does not understand.
+    pub unhandled: Option<Unhandled>,
+}
+
+impl Plan {
+    /// Forward untouched.
+    pub fn forward(client_ops: usize) -> Plan {
+        Plan {
+            rewritten: None,
+            client_ops,
+            upstream_ops: client_ops,
+            changes: Vec::new(),
+            skips: Vec::new(),
+            unhandled: None,
+        }
+    }
+}

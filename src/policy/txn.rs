@@ -1,0 +1,781 @@
+//! Transaction planning: simulate the client's ops over working copies of the affected rows,
+//! decide per row, then rewrite (in place when safe, else by appending a `mutate`).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+
+use super::decide::{desired, mutate_op, option_mutations, port_label, where_uuid};
+use super::value::{
+    map_json, map_pairs, parse_str_map, parse_str_scalar, parse_str_set, parse_uuid, Malformed, StrMap,
+    UuidRef,
+};
+use super::{
+    Change, LspState, LspView, Opts, Plan, PolicyConfig, Skip, SkipReason, Unhandled, ACTIVATION_STRATEGY,
+    LSP_TABLE, NB_DB, REQUESTED_CHASSIS,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapCol {
+    Options,
+    ExternalIds,
+}
+
+impl MapCol {
+    fn parse(column: &str) -> Option<MapCol> {
+        match column {
+            "options" => Some(MapCol::Options),
+            "external_ids" => Some(MapCol::ExternalIds),
+            _ => None,
+        }
+    }
+
+    fn of(self, row: &LspState) -> &StrMap {
+        match self {
+            MapCol::Options => &row.options,
+            MapCol::ExternalIds => &row.external_ids,
+        }
+    }
+
+    fn of_mut(self, row: &mut LspState) -> &mut StrMap {
+        match self {
+            MapCol::Options => &mut row.options,
+            MapCol::ExternalIds => &mut row.external_ids,
+        }
+    }
+}
+
+/// A mutation of a map column (RFC 7047 §5.1 with OVS semantics: `insert` never overwrites,
+/// `delete` by map removes a pair only when key and value both match).
+#[derive(Debug)]
+enum Mutation {
+    Insert(MapCol, StrMap),
+    DeleteKeys(MapCol, Vec<String>),
+    DeletePairs(MapCol, StrMap),
+}
+
+impl Mutation {
+    fn col(&self) -> MapCol {
+        match self {
+            Mutation::Insert(c, _) | Mutation::DeleteKeys(c, _) | Mutation::DeletePairs(c, _) => *c,
+        }
+    }
+
+    fn apply(&self, row: &mut LspState) {
+        let map = self.col().of_mut(row);
+        match self {
+            Mutation::Insert(_, pairs) => {
+                for (k, v) in pairs {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            Mutation::DeleteKeys(_, keys) => {
+                for k in keys {
+                    map.remove(k);
+                }
+            }
+            Mutation::DeletePairs(_, pairs) => {
+                for (k, v) in pairs {
+                    if map.get(k) == Some(v) {
+                        map.remove(k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The columns of a `row` (insert or update) that the policy tracks.
+#[derive(Debug, Default)]
+struct RowWrite {
+    name: Option<String>,
+    options: Option<StrMap>,
+    external_ids: Option<StrMap>,
+}
+
+impl RowWrite {
+    fn parse(row: &Map<String, Value>) -> Result<RowWrite, Malformed> {
+        Ok(RowWrite {
+            name: row.get("name").map(parse_str_scalar).transpose()?,
+            options: row.get("options").map(parse_str_map).transpose()?,
+            external_ids: row.get("external_ids").map(parse_str_map).transpose()?,
+        })
+    }
+
+    fn writes_maps(&self) -> bool {
+        self.options.is_some() || self.external_ids.is_some()
+    }
+
+    fn apply(&self, row: &mut LspState) {
+        if let Some(name) = &self.name {
+            row.name.clone_from(name);
+        }
+        if let Some(options) = &self.options {
+            row.options.clone_from(options);
+        }
+        if let Some(ext) = &self.external_ids {
+            row.external_ids.clone_from(ext);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapFunc {
+    Eq,
+    Ne,
+    Includes,
+    Excludes,
+}
+
+/// One `where` condition, on a column the policy can evaluate, or `Other`.
+#[derive(Debug)]
+enum Cond {
+    Const(bool),
+    Uuid { eq: bool, target: UuidRef },
+    Name { eq: bool, value: String },
+    Map { col: MapCol, func: MapFunc, map: StrMap },
+    Other,
+}
+
+impl Cond {
+    fn parse(c: &Value) -> Result<Cond, Malformed> {
+        if let Value::Bool(b) = c {
+            return Ok(Cond::Const(*b));
+        }
+        let Some([Value::String(column), Value::String(func), value]) = c.as_array().map(Vec::as_slice)
+        else {
+            return Err(Malformed("condition is not [column, function, value]"));
+        };
+        let scalar_eq = |func: &str| match func {
+            "==" | "includes" => Ok(true),
+            "!=" | "excludes" => Ok(false),
+            _ => Err(Malformed("bad function for a scalar column")),
+        };
+        Ok(match column.as_str() {
+            "_uuid" => Cond::Uuid { eq: scalar_eq(func)?, target: parse_uuid(value)? },
+            "name" => Cond::Name { eq: scalar_eq(func)?, value: parse_str_scalar(value)? },
+            col => match MapCol::parse(col) {
+                Some(col) => {
+                    let func = match func.as_str() {
+                        "==" => MapFunc::Eq,
+                        "!=" => MapFunc::Ne,
+                        "includes" => MapFunc::Includes,
+                        "excludes" => MapFunc::Excludes,
+                        _ => return Err(Malformed("bad function for a map column")),
+                    };
+                    Cond::Map { col, func, map: parse_str_map(value)? }
+                }
+                None => Cond::Other,
+            },
+        })
+    }
+
+    /// Whether `row` satisfies the condition; `Other` is not evaluated (true).
+    fn holds(&self, row: &LspState, named: Option<&str>) -> bool {
+        match self {
+            Cond::Const(b) => *b,
+            Cond::Uuid { eq, target: UuidRef::Uuid(u) } => (!row.uuid.is_empty() && &row.uuid == u) == *eq,
+            Cond::Uuid { eq, target: UuidRef::Named(n) } => (named == Some(n.as_str())) == *eq,
+            Cond::Name { eq, value } => (&row.name == value) == *eq,
+            Cond::Map { col, func, map } => {
+                let have = col.of(row);
+                match func {
+                    MapFunc::Eq => have == map,
+                    MapFunc::Ne => have != map,
+                    MapFunc::Includes => map.iter().all(|(k, v)| have.get(k) == Some(v)),
+                    MapFunc::Excludes => map.iter().all(|(k, v)| have.get(k) != Some(v)),
+                }
+            }
+            Cond::Other => true,
+        }
+    }
+}
+
+fn parse_where(op: &Map<String, Value>) -> Result<Vec<Cond>, Malformed> {
+    op.get("where")
+        .and_then(Value::as_array)
+        .ok_or(Malformed("op has no where array"))?
+        .iter()
+        .map(Cond::parse)
+        .collect()
+}
+
+/// One client op, as far as the policy is concerned.
+#[derive(Debug)]
+enum Step {
+    /// Insert into `Logical_Switch_Port`.
+    Insert {
+        write: RowWrite,
+        uuid_name: Option<String>,
+        uuid: Option<String>,
+    },
+    /// Insert into another table: only its uuid-name matters.
+    OtherInsert {
+        uuid_name: Option<String>,
+    },
+    Update {
+        conds: Vec<Cond>,
+        write: RowWrite,
+    },
+    /// Only the mutations of `options` / `external_ids` are kept.
+    Mutate {
+        conds: Vec<Cond>,
+        muts: Vec<Mutation>,
+    },
+    Delete {
+        conds: Vec<Cond>,
+    },
+    /// Reads, waits, comments, other tables, LSP writes to other columns.
+    Ignore,
+}
+
+impl Step {
+    /// Whether an in-place edit of this op can set the row's options.
+    fn can_edit_options(&self) -> bool {
+        match self {
+            Step::Insert { .. } => true,
+            Step::Update { write, .. } => write.options.is_some(),
+            Step::Mutate { muts, .. } => muts.iter().any(|m| m.col() == MapCol::Options),
+            _ => false,
+        }
+    }
+
+    fn parse(op: &Value) -> Result<Step, Malformed> {
+        let op = op.as_object().ok_or(Malformed("op is not an object"))?;
+        let kind = op.get("op").and_then(Value::as_str).ok_or(Malformed("op has no \"op\" string"))?;
+        match kind {
+            "insert" | "update" | "mutate" | "delete" | "select" | "wait" => {}
+            "comment" | "commit" | "abort" | "assert" => return Ok(Step::Ignore),
+            _ => return Err(Malformed("unknown op")),
+        }
+        let table = op.get("table").and_then(Value::as_str).ok_or(Malformed("op has no table"))?;
+        let uuid_name = match op.get("uuid-name") {
+            Some(v) if kind == "insert" => {
+                Some(v.as_str().ok_or(Malformed("uuid-name is not a string"))?.to_owned())
+            }
+            _ => None,
+        };
+        if table != LSP_TABLE {
+            return Ok(if kind == "insert" { Step::OtherInsert { uuid_name } } else { Step::Ignore });
+        }
+        let row = || op.get("row").and_then(Value::as_object).ok_or(Malformed("op has no row object"));
+        Ok(match kind {
+            "insert" => {
+                let uuid = match op.get("uuid") {
+                    Some(v) => Some(v.as_str().ok_or(Malformed("uuid is not a string"))?.to_owned()),
+                    None => None,
+                };
+                Step::Insert { write: RowWrite::parse(row()?)?, uuid_name, uuid }
+            }
+            "update" => {
+                let write = RowWrite::parse(row()?)?;
+                if write.name.is_none() && !write.writes_maps() {
+                    return Ok(Step::Ignore);
+                }
+                Step::Update { conds: parse_where(op)?, write }
+            }
+            "mutate" => {
+                let list = op
+                    .get("mutations")
+                    .and_then(Value::as_array)
+                    .ok_or(Malformed("op has no mutations array"))?;
+                let mut muts = Vec::new();
+                for m in list {
+                    let Some([Value::String(column), Value::String(mutator), value]) =
+                        m.as_array().map(Vec::as_slice)
+                    else {
+                        return Err(Malformed("mutation is not [column, mutator, value]"));
+                    };
+                    let Some(col) = MapCol::parse(column) else { continue };
+                    muts.push(match (mutator.as_str(), value) {
+                        ("insert", v) => Mutation::Insert(col, parse_str_map(v)?),
+                        ("delete", v) if map_pairs(v).is_ok() => {
+                            Mutation::DeletePairs(col, parse_str_map(v)?)
+                        }
+                        ("delete", v) => Mutation::DeleteKeys(col, parse_str_set(v)?),
+                        _ => return Err(Malformed("bad mutator for a map column")),
+                    });
+                }
+                if muts.is_empty() {
+                    return Ok(Step::Ignore);
+                }
+                Step::Mutate { conds: parse_where(op)?, muts }
+            }
+            "delete" => Step::Delete { conds: parse_where(op)? },
+            _ => Step::Ignore,
+        })
+    }
+}
+
+/// A working copy of one row touched by the transaction.
+#[derive(Debug)]
+struct Work {
+    /// The view's row; `None` for a row inserted by this transaction.
+    pre: Option<LspState>,
+    /// The row after the ops simulated so far (uuid empty for an insert without `uuid`).
+    cur: LspState,
+    named: Option<String>,
+    deleted: bool,
+    /// An op with an unresolved `where` may or may not have written this row.
+    tainted: bool,
+    /// The row had a destination tag at some point (pre-state included).
+    ever_tagged: bool,
+    /// Last op that wrote `options` or `external_ids`, and whether it matched this row alone.
+    last_write: Option<(usize, bool)>,
+}
+
+/// A row an op may match: already a working copy, or still only in the view.
+enum Cand {
+    Row(usize),
+    View(LspState),
+}
+
+struct Sim<'a> {
+    view: &'a dyn LspView,
+    cfg: &'a PolicyConfig,
+    rows: Vec<Work>,
+    by_uuid: HashMap<String, usize>,
+    /// uuid-name → working row (`None`: a row of another table).
+    named: HashMap<String, Option<usize>>,
+    /// An op with an unresolved `where` wrote maps: later ops' match counts are not certain.
+    uncertain: bool,
+}
+
+impl<'a> Sim<'a> {
+    fn new(view: &'a dyn LspView, cfg: &'a PolicyConfig) -> Self {
+        Sim { view, cfg, rows: Vec::new(), by_uuid: HashMap::new(), named: HashMap::new(), uncertain: false }
+    }
+
+    fn tagged(&self, row: &LspState) -> bool {
+        row.external_ids.get(&self.cfg.destination_key).is_some_and(|d| !d.trim().is_empty())
+    }
+
+    fn push(&mut self, pre: Option<LspState>, cur: LspState, named: Option<String>) -> usize {
+        let i = self.rows.len();
+        if !cur.uuid.is_empty() {
+            self.by_uuid.insert(cur.uuid.clone(), i);
+        }
+        let ever_tagged = self.tagged(&cur);
+        self.rows.push(Work {
+            pre,
+            cur,
+            named,
+            deleted: false,
+            tainted: false,
+            ever_tagged,
+            last_write: None,
+        });
+        i
+    }
+
+    fn register_name(&mut self, name: Option<String>, row: Option<usize>) -> Result<(), Malformed> {
+        if let Some(name) = name {
+            if self.named.insert(name, row).is_some() {
+                return Err(Malformed("duplicate uuid-name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows an op's `where` matches (live rows only), materialising view rows as needed, and
+    /// whether that set is certain (no condition on a column the policy cannot evaluate).
+    fn resolve(&mut self, conds: &[Cond]) -> Result<(Vec<usize>, bool), Malformed> {
+        for c in conds {
+            if let Cond::Uuid { target: UuidRef::Named(n), .. } = c {
+                if !self.named.contains_key(n) {
+                    return Err(Malformed("where names an unknown uuid-name"));
+                }
+            }
+        }
+        let certain = !conds.iter().any(|c| matches!(c, Cond::Other));
+        if conds.iter().any(|c| matches!(c, Cond::Const(false))) {
+            return Ok((Vec::new(), certain));
+        }
+        let mut cands: Vec<Cand> = Vec::new();
+        let uuid_eq = conds.iter().find_map(|c| match c {
+            Cond::Uuid { eq: true, target } => Some(target),
+            _ => None,
+        });
+        let name_eq = conds.iter().find_map(|c| match c {
+            Cond::Name { eq: true, value } => Some(value),
+            _ => None,
+        });
+        if let Some(target) = uuid_eq {
+            match target {
+                UuidRef::Uuid(u) => match self.by_uuid.get(u) {
+                    Some(&i) => cands.push(Cand::Row(i)),
+                    None => cands.extend(self.view.by_uuid(u).map(Cand::View)),
+                },
+                UuidRef::Named(n) => cands.extend(self.named.get(n).copied().flatten().map(Cand::Row)),
+            }
+        } else if let Some(name) = name_eq {
+            cands.extend((0..self.rows.len()).filter(|&i| &self.rows[i].cur.name == name).map(Cand::Row));
+            if let Some(s) = self.view.by_name(name) {
+                if !self.by_uuid.contains_key(&s.uuid) {
+                    cands.push(Cand::View(s));
+                }
+            }
+        } else {
+            cands.extend((0..self.rows.len()).map(Cand::Row));
+            let by_uuid = &self.by_uuid;
+            cands.extend(
+                self.view.all().into_iter().filter(|s| !by_uuid.contains_key(&s.uuid)).map(Cand::View),
+            );
+        }
+        let mut out = Vec::new();
+        for cand in cands {
+            match cand {
+                Cand::Row(i) => {
+                    let w = &self.rows[i];
+                    if !w.deleted && conds.iter().all(|c| c.holds(&w.cur, w.named.as_deref())) {
+                        out.push(i);
+                    }
+                }
+                Cand::View(s) => {
+                    if conds.iter().all(|c| c.holds(&s, None)) {
+                        out.push(self.push(Some(s.clone()), s, None));
+                    }
+                }
+            }
+        }
+        Ok((out, certain))
+    }
+
+    /// Applies a write to the matched rows.
+    fn write(
+        &mut self,
+        k: usize,
+        rows: &[usize],
+        certain: bool,
+        writes_maps: bool,
+        f: impl Fn(&mut LspState),
+    ) {
+        let single = rows.len() == 1 && certain && !self.uncertain;
+        for &i in rows {
+            f(&mut self.rows[i].cur);
+            let tagged = self.tagged(&self.rows[i].cur);
+            let w = &mut self.rows[i];
+            w.ever_tagged |= tagged;
+            if writes_maps {
+                w.last_write = Some((k, single));
+                w.tainted |= !certain;
+            }
+        }
+        if writes_maps && !certain {
+            self.uncertain = true;
+        }
+    }
+
+    fn step(&mut self, k: usize, step: &Step) -> Result<(), Malformed> {
+        match step {
+            Step::Ignore => {}
+            Step::OtherInsert { uuid_name } => self.register_name(uuid_name.clone(), None)?,
+            Step::Insert { write, uuid_name, uuid } => {
+                if let Some(u) = uuid {
+                    if self.by_uuid.contains_key(u) || self.view.by_uuid(u).is_some() {
+                        return Err(Malformed("insert reuses an existing uuid"));
+                    }
+                }
+                let mut cur = LspState { uuid: uuid.clone().unwrap_or_default(), ..LspState::default() };
+                write.apply(&mut cur);
+                let i = self.push(None, cur, uuid_name.clone());
+                self.rows[i].last_write = Some((k, true));
+                self.register_name(uuid_name.clone(), Some(i))?;
+            }
+            Step::Update { conds, write } => {
+                let (rows, certain) = self.resolve(conds)?;
+                // An unresolved rename alone is ignored, as any other unresolved non-map write.
+                if certain || write.writes_maps() {
+                    self.write(k, &rows, certain, write.writes_maps(), |r| write.apply(r));
+                }
+            }
+            Step::Mutate { conds, muts } => {
+                let (rows, certain) = self.resolve(conds)?;
+                self.write(k, &rows, certain, true, |r| muts.iter().for_each(|m| m.apply(r)));
+            }
+            Step::Delete { conds } => {
+                let (rows, certain) = self.resolve(conds)?;
+                if certain {
+                    for i in rows {
+                        self.rows[i].deleted = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the two keys in an insert's or update's `row.options`, keeping the writer's pairs.
+fn edit_row_options(op: &mut Value, opts: &Opts) {
+    let Some(row) = op.get_mut("row").and_then(Value::as_object_mut) else { return };
+    let kept: Vec<(String, String)> = row
+        .get("options")
+        .and_then(|v| map_pairs(v).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| *k != REQUESTED_CHASSIS && *k != ACTIVATION_STRATEGY)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let pairs = kept.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(opts.pairs());
+    row.insert("options".to_owned(), map_json(pairs));
+}
+
+/// Appends the delete+insert mutations to a client's `mutate`.
+fn edit_mutations(op: &mut Value, opts: &Opts) {
+    if let Some(list) = op.get_mut("mutations").and_then(Value::as_array_mut) {
+        list.extend(option_mutations(opts));
+    }
+}
+
+/// Plans one `transact`: `params` is `[db, op, op, ...]`. Anything other than `OVN_Northbound`,
+/// or an op shape the policy does not understand, is forwarded untouched.
+pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> Plan {
+    let Some((db, ops)) = params.as_array().and_then(|a| a.split_first()) else {
+        return Plan::forward(0);
+    };
+    let n = ops.len();
+    if db.as_str() != Some(NB_DB) || n == 0 {
+        return Plan::forward(n);
+    }
+    let unhandled = |op: Option<usize>, e: Malformed| Plan {
+        unhandled: Some(Unhandled { op, what: e.0 }),
+        ..Plan::forward(n)
+    };
+
+    let mut steps = Vec::with_capacity(n);
+    for (k, op) in ops.iter().enumerate() {
+        match Step::parse(op) {
+            Ok(step) => steps.push(step),
+            Err(e) => return unhandled(Some(k), e),
+        }
+    }
+    if steps.iter().all(|s| matches!(s, Step::Ignore | Step::OtherInsert { .. })) {
+        return Plan::forward(n);
+    }
+    let mut sim = Sim::new(view, cfg);
+    for (k, step) in steps.iter().enumerate() {
+        if let Err(e) = sim.step(k, step) {
+            return unhandled(Some(k), e);
+        }
+    }
+
+    let mut plan = Plan::forward(n);
+    let mut out: Option<Vec<Value>> = None;
+    let mut appended = Vec::new();
+    for w in &sim.rows {
+        let Some((k, single)) = w.last_write else { continue };
+        if w.deleted {
+            continue;
+        }
+        let port = port_label(&w.cur, w.named.as_deref());
+        if w.tainted {
+            if w.ever_tagged {
+                plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere });
+            }
+            continue;
+        }
+        let want = match desired(w.pre.as_ref(), &w.cur, cfg) {
+            Ok(Some(want)) => want,
+            Ok(None) => continue,
+            Err(reason) => {
+                plan.skips.push(Skip { port, reason });
+                continue;
+            }
+        };
+        let before = Opts::of(&w.cur.options);
+        if before == want.opts {
+            continue;
+        }
+        if single && steps[k].can_edit_options() {
+            let ops = out.get_or_insert_with(|| params.as_array().cloned().unwrap_or_default());
+            if let Some(op) = ops.get_mut(k + 1) {
+                match steps[k] {
+                    Step::Mutate { .. } => edit_mutations(op, &want.opts),
+                    _ => edit_row_options(op, &want.opts),
+                }
+            }
+        } else {
+            let where_ = match (&w.pre, &w.named, w.cur.uuid.is_empty()) {
+                (Some(pre), _, _) => where_uuid(&UuidRef::Uuid(pre.uuid.clone())),
+                (None, Some(named), _) => where_uuid(&UuidRef::Named(named.clone())),
+                (None, None, false) => where_uuid(&UuidRef::Uuid(w.cur.uuid.clone())),
+                (None, None, true) if !w.cur.name.is_empty() => json!([["name", "==", w.cur.name]]),
+                (None, None, true) => {
+                    plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere });
+                    continue;
+                }
+            };
+            appended.push(mutate_op(where_, &want.opts));
+        }
+        plan.changes.push(Change { port, before, after: want.opts, cause: want.cause });
+    }
+    if plan.changes.is_empty() {
+        return plan;
+    }
+    let mut ops = out.unwrap_or_else(|| params.as_array().cloned().unwrap_or_default());
+    plan.upstream_ops = n + appended.len();
+    ops.extend(appended);
+    plan.rewritten = Some(Value::Array(ops));
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Cause, StaticView};
+
+    const U1: &str = "1fdf8404-9d1c-4b8e-a0f2-6b3d7c1e5a01";
+    const U2: &str = "2a6e1f3b-4c5d-4e7f-8a9b-0c1d2e3f4a02";
+
+    fn lsp(uuid: &str, name: &str, options: &[(&str, &str)], ext: &[(&str, &str)]) -> LspState {
+        LspState {
+            uuid: uuid.into(),
+            name: name.into(),
+            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            external_ids: ext.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    /// p1: untagged, pinned to hv1. p2: migrating hv3 → hv4 with the proxy's options.
+    fn view() -> StaticView {
+        StaticView::new(vec![
+            lsp(U1, "p1", &[("requested-chassis", "hv1")], &[("pod", "ns/vm1")]),
+            lsp(
+                U2,
+                "p2",
+                &[("requested-chassis", "hv3,hv4"), ("activation-strategy", "rarp")],
+                &[("pod", "ns/vm2"), ("migration-destination", "hv4")],
+            ),
+        ])
+    }
+
+    fn tag(where_: Value) -> Value {
+        json!({"op": "mutate", "table": "Logical_Switch_Port", "where": where_,
+               "mutations": [["external_ids", "insert", ["map", [["migration-destination", "hv2"]]]]]})
+    }
+
+    struct Want {
+        appended: usize,
+        changes: &'static [(&'static str, Cause)],
+        skips: &'static [(&'static str, SkipReason)],
+        unhandled: bool,
+    }
+
+    const NOTHING: Want = Want { appended: 0, changes: &[], skips: &[], unhandled: false };
+    const UNHANDLED: Want = Want { appended: 0, changes: &[], skips: &[], unhandled: true };
+
+    #[test]
+    fn shapes() {
+        let cases: Vec<(&str, Value, Want)> = vec![
+            ("not an array", json!({"a": 1}), NOTHING),
+            ("no ops", json!(["OVN_Northbound"]), NOTHING),
+            ("other db", json!(["OVN_Southbound", tag(json!([]))]), NOTHING),
+            ("tag by name", json!(["OVN_Northbound", tag(json!([["name", "==", "p1"]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("name as a 1-element set", json!(["OVN_Northbound", tag(json!([["name", "==", ["set", ["p1"]]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("name includes", json!(["OVN_Northbound", tag(json!([["name", "includes", "p1"]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("name != p2 matches p1 only", json!(["OVN_Northbound", tag(json!([["name", "!=", "p2"]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("uuid excludes", json!(["OVN_Northbound", tag(json!([["_uuid", "excludes", ["uuid", U2]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("map ==", json!(["OVN_Northbound", tag(json!([["external_ids", "==", ["map", [["pod", "ns/vm1"]]]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("map != (p2 would need no change)", json!(["OVN_Northbound", tag(json!([["options", "!=", ["map", []]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("map excludes", json!(["OVN_Northbound", tag(json!([["external_ids", "excludes", ["map", [["pod", "ns/vm2"]]]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("includes needs the value too", json!(["OVN_Northbound", tag(json!([["external_ids", "includes", ["map", [["pod", "ns/vm9"]]]]]))]),
+                NOTHING),
+            ("false matches nothing", json!(["OVN_Northbound", tag(json!([false]))]), NOTHING),
+            ("no such uuid", json!(["OVN_Northbound", tag(json!([["_uuid", "==", ["uuid", "0000"]]]))]), NOTHING),
+            ("all rows; insert does not overwrite p2's destination", json!(["OVN_Northbound", tag(json!([]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("clear options of all rows", json!(["OVN_Northbound",
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [true], "row": {"options": ["map", []]}}]),
+                Want { appended: 1, changes: &[("p2", Cause::Reasserted)], ..NOTHING }),
+            ("delete by map with a wrong value is a no-op", json!(["OVN_Northbound",
+                    {"op": "mutate", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["uuid", U2]]],
+                     "mutations": [["external_ids", "delete", ["map", [["migration-destination", "hv9"]]]]]}]),
+                NOTHING),
+            ("delete by key aborts", json!(["OVN_Northbound",
+                    {"op": "mutate", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["uuid", U2]]],
+                     "mutations": [["external_ids", "delete", ["set", ["migration-destination"]]]]}]),
+                Want { appended: 1, changes: &[("p2", Cause::Aborted)], ..NOTHING }),
+            ("rename then tag by the new name", json!(["OVN_Northbound",
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [["name", "==", "p1"]], "row": {"name": "p1-new"}},
+                    tag(json!([["name", "==", "p1-new"]]))]),
+                Want { appended: 1, changes: &[("p1-new", Cause::Started)], ..NOTHING }),
+            ("the old name no longer matches", json!(["OVN_Northbound",
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [["name", "==", "p1"]], "row": {"name": "p1-new"}},
+                    tag(json!([["name", "==", "p1"]]))]),
+                NOTHING),
+            ("insert without uuid-name, tagged later by name", json!(["OVN_Northbound",
+                    {"op": "insert", "table": "Logical_Switch_Port", "row": {"name": "p9", "options": ["map", [["requested-chassis", "hv1"]]]}},
+                    tag(json!([["name", "==", "p9"]]))]),
+                Want { appended: 1, changes: &[("p9", Cause::Started)], ..NOTHING }),
+            ("unresolved write of another column is ignored", json!(["OVN_Northbound",
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [["up", "==", true]], "row": {"enabled": false}},
+                    tag(json!([["_uuid", "==", ["uuid", U1]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
+            ("unresolved tagging op: every tagged candidate skipped", json!(["OVN_Northbound", tag(json!([["type", "==", ""]]))]),
+                Want { skips: &[("p1", SkipReason::UnresolvedWhere), ("p2", SkipReason::UnresolvedWhere)], ..NOTHING }),
+            ("after an unresolved write, no in-place edit", json!(["OVN_Northbound",
+                    {"op": "mutate", "table": "Logical_Switch_Port", "where": [["type", "==", "router"]],
+                     "mutations": [["external_ids", "insert", ["map", [["x", "y"]]]]]},
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [["name", "==", "p3"]], "row": {"options": ["map", []]}},
+                    {"op": "insert", "table": "Logical_Switch_Port", "uuid-name": "n3",
+                     "row": {"name": "p3", "external_ids": ["map", [["migration-destination", "hv2"]]], "options": ["map", [["requested-chassis", "hv1"]]]}},
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["named-uuid", "n3"]]], "row": {"options": ["map", [["a", "b"]]]}}]),
+                Want { appended: 1, changes: &[("p3", Cause::Started)], skips: &[("p2", SkipReason::UnresolvedWhere)], ..NOTHING }),
+            ("mutator += on options", json!(["OVN_Northbound",
+                    {"op": "mutate", "table": "Logical_Switch_Port", "where": [], "mutations": [["options", "+=", 1]]}]),
+                UNHANDLED),
+            ("non-string map value", json!(["OVN_Northbound",
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [], "row": {"options": ["map", [["a", 1]]]}}]),
+                UNHANDLED),
+            ("missing where", json!(["OVN_Northbound",
+                    {"op": "update", "table": "Logical_Switch_Port", "row": {"external_ids": ["map", []]}}]),
+                UNHANDLED),
+            ("bad condition", json!(["OVN_Northbound", tag(json!([["name", "<", "p1"]]))]), UNHANDLED),
+            ("bare uuid string", json!(["OVN_Northbound", tag(json!([["_uuid", "==", U1]]))]), UNHANDLED),
+            ("unknown named-uuid", json!(["OVN_Northbound", tag(json!([["_uuid", "==", ["named-uuid", "nope"]]]))]), UNHANDLED),
+            ("duplicate uuid-name", json!(["OVN_Northbound",
+                    {"op": "insert", "table": "Logical_Switch", "uuid-name": "a", "row": {}},
+                    {"op": "insert", "table": "Logical_Switch_Port", "uuid-name": "a", "row": {}}]),
+                UNHANDLED),
+            ("op not an object", json!(["OVN_Northbound", 1]), UNHANDLED),
+            ("no table", json!(["OVN_Northbound", {"op": "update", "where": [], "row": {}}]), UNHANDLED),
+            ("named-uuid of another table matches nothing", json!(["OVN_Northbound",
+                    {"op": "insert", "table": "Logical_Switch", "uuid-name": "ls", "row": {}},
+                    tag(json!([["_uuid", "==", ["named-uuid", "ls"]]]))]),
+                NOTHING),
+        ];
+        let cfg = PolicyConfig::default();
+        let view = view();
+        for (name, params, want) in cases {
+            let plan = plan_transact(&params, &view, &cfg);
+            let n = params.as_array().map_or(0, |a| a.len().saturating_sub(1));
+            assert_eq!(plan.client_ops, n, "{name}: client_ops");
+            assert_eq!(plan.upstream_ops, n + want.appended, "{name}: upstream_ops");
+            let changes: Vec<(&str, Cause)> = plan.changes.iter().map(|c| (c.port.as_str(), c.cause)).collect();
+            assert_eq!(changes, want.changes, "{name}: changes");
+            let skips: Vec<(&str, SkipReason)> = plan.skips.iter().map(|s| (s.port.as_str(), s.reason)).collect();
+            assert_eq!(skips, want.skips, "{name}: skips");
+            assert_eq!(plan.unhandled.is_some(), want.unhandled, "{name}: unhandled {:?}", plan.unhandled);
+            assert_eq!(plan.rewritten.is_some(), !plan.changes.is_empty(), "{name}: rewritten");
+        }
+    }
+
+    #[test]
+    fn appended_where_for_unnamed_insert_uses_the_name() {
+        let params = json!(["OVN_Northbound",
+            {"op": "insert", "table": "Logical_Switch_Port", "row": {"name": "p9", "options": ["map", [["requested-chassis", "hv1"]]]}},
+            tag(json!([["name", "==", "p9"]]))]);
+        let plan = plan_transact(&params, &view(), &PolicyConfig::default());
+        let appended = plan.rewritten.as_ref().and_then(|p| p.get(3)).expect("one appended op");
+        assert_eq!(appended["where"], json!([["name", "==", "p9"]]));
+    }
+}

@@ -1,0 +1,189 @@
+//! Pure glue between the wire and the policy: which messages are looked at, how a rewritten
+//! request is re-serialised, and how the reply to it is trimmed back to the client's shape.
+//! No I/O: the session calls these with bytes and forwards what they return.
+//!
+//! Only `transact` requests that mention `Logical_Switch_Port` are parsed; everything else is
+//! forwarded as the bytes that came. A rewritten request keeps every member of the client's
+//! envelope (and their order); only `params` changes. Nothing is added.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use memchr::memmem;
+use serde_json::{Map, Value};
+
+use crate::policy::{map_result, plan_transact, LspView, Opts, Plan, PolicyConfig};
+use crate::wire::{id_key, Envelope, Kind};
+
+/// What the session remembers about a request whose reply must be trimmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub client_ops: usize,
+    pub upstream_ops: usize,
+}
+
+/// Replies awaited, by canonical id.
+pub type PendingMap = HashMap<String, Pending>;
+
+/// The two option keys as one log field: `requested-chassis=hv1,hv2 activation-strategy=rarp`
+/// (`-` for an absent key).
+pub fn show_opts(o: &Opts) -> String {
+    format!(
+        "requested-chassis={} activation-strategy={}",
+        o.requested_chassis.as_deref().unwrap_or("-"),
+        o.activation_strategy.as_deref().unwrap_or("-")
+    )
+}
+
+/// Cheap test before any parsing: could this message be a `transact` on ports?
+pub fn may_touch_ports(raw: &[u8]) -> bool {
+    memmem::find(raw, b"Logical_Switch_Port").is_some() && memmem::find(raw, b"\"transact\"").is_some()
+}
+
+/// A `transact` request the policy has looked at.
+#[derive(Debug)]
+pub struct Inspected {
+    pub id: String,
+    pub plan: Plan,
+    message: Map<String, Value>,
+}
+
+impl Inspected {
+    /// The request to send upstream when the plan rewrites it; `None` when the original bytes
+    /// go as they are.
+    pub fn rewritten(&self) -> Option<Bytes> {
+        let params = self.plan.rewritten.as_ref()?;
+        let mut msg = self.message.clone();
+        msg.insert("params".into(), params.clone());
+        serde_json::to_vec(&msg).ok().map(Bytes::from)
+    }
+
+    /// What to remember for the reply, when the rewrite appended ops.
+    pub fn pending(&self) -> Option<(String, Pending)> {
+        let p = &self.plan;
+        (p.rewritten.is_some() && p.upstream_ops > p.client_ops)
+            .then(|| (self.id.clone(), Pending { client_ops: p.client_ops, upstream_ops: p.upstream_ops }))
+    }
+}
+
+/// Runs the policy over a client message, if it is a `transact` request on ports.
+pub fn inspect_request(raw: &[u8], view: &dyn LspView, cfg: &PolicyConfig) -> Option<Inspected> {
+    if !may_touch_ports(raw) {
+        return None;
+    }
+    let message: Map<String, Value> = serde_json::from_slice(raw).ok()?;
+    if message.get("method").and_then(Value::as_str) != Some("transact") {
+        return None;
+    }
+    let id = message.get("id").filter(|v| !v.is_null()).and_then(|v| serde_json::to_string(v).ok())?;
+    let params = message.get("params")?;
+    let plan = plan_transact(params, view, cfg);
+    Some(Inspected { id, plan, message })
+}
+
+/// The id a client's `cancel` notification gives up on: its reply will never come (OVS 3.1
+/// drops the request silently), so the session forgets it.
+pub fn cancelled_id(raw: &[u8]) -> Option<String> {
+    memmem::find(raw, b"\"cancel\"")?;
+    let env = Envelope::parse(raw).ok()?;
+    if env.method.as_deref() != Some("cancel") || env.kind() != Kind::Notification {
+        return None;
+    }
+    let params: Vec<&serde_json::value::RawValue> = serde_json::from_str(env.params?.get()).ok()?;
+    id_key(params.first()?.get())
+}
+
+/// If `raw` answers a pending request, removes it from `pending` and returns the reply with
+/// its result trimmed to the client's ops (`None`: forward the original bytes).
+pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Bytes> {
+    if pending.is_empty() {
+        return None;
+    }
+    let env = Envelope::parse(raw).ok()?;
+    if !matches!(env.kind(), Kind::Reply | Kind::Error) {
+        return None;
+    }
+    let p = pending.remove(&env.id_key()?)?;
+    if env.kind() == Kind::Error {
+        return None; // a JSON-RPC level error has no per-op results
+    }
+    let mut message: Map<String, Value> = serde_json::from_slice(raw).ok()?;
+    let result = message.get("result")?;
+    let fixed = map_result(result, p.client_ops, p.upstream_ops);
+    message.insert("result".into(), fixed);
+    serde_json::to_vec(&message).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{LspState, StaticView};
+    use serde_json::json;
+
+    fn tagged_port() -> StaticView {
+        let mut row = LspState {
+            uuid: "11111111-1111-1111-1111-111111111111".into(),
+            name: "vm1".into(),
+            ..Default::default()
+        };
+        row.options.insert("requested-chassis".into(), "hv1".into());
+        StaticView::new(vec![row])
+    }
+
+    #[test]
+    fn untouched_messages_are_not_parsed() {
+        let view = tagged_port();
+        let cfg = PolicyConfig::default();
+        assert!(inspect_request(br#"{"method":"echo","params":[],"id":"echo"}"#, &view, &cfg).is_none());
+        let other = br#"{"method":"transact","params":["OVN_Northbound",{"op":"insert","table":"Logical_Switch","row":{}}],"id":1}"#;
+        assert!(inspect_request(other, &view, &cfg).is_none());
+        // a notification is not a request
+        let notif = br#"{"method":"transact","params":["OVN_Northbound",{"op":"select","table":"Logical_Switch_Port","where":[]}],"id":null}"#;
+        assert!(inspect_request(notif, &view, &cfg).is_none());
+    }
+
+    #[test]
+    fn a_tagging_update_is_rewritten_and_its_reply_trimmed() {
+        let view = tagged_port();
+        let cfg = PolicyConfig::default();
+        // libovsdb-shaped: external_ids written whole, by name; the envelope has a numeric id
+        let raw = br#"{"method":"transact","params":["OVN_Northbound",{"op":"update","table":"Logical_Switch_Port","row":{"external_ids":["map",[["migration-destination","hv2"]]]},"where":[["name","==","vm1"]]}],"id":9}"#;
+        let ins = inspect_request(raw, &view, &cfg).expect("inspected");
+        assert_eq!(ins.id, "9");
+        let out: Value = serde_json::from_slice(&ins.rewritten().expect("rewritten")).expect("json");
+        let keys: Vec<&String> = out.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["method", "params", "id"], "the envelope keeps its members and order");
+        let text = out.to_string();
+        assert!(text.contains("hv1,hv2") && text.contains("rarp"), "{text}");
+        let mut pending = PendingMap::new();
+        if let Some((id, p)) = ins.pending() {
+            pending.insert(id, p);
+            let reply = br#"{"id":9,"result":[{"count":1},{"count":1}],"error":null}"#;
+            let fixed: Value =
+                serde_json::from_slice(&fix_reply(reply, &mut pending).expect("fixed")).expect("json");
+            assert_eq!(fixed, json!({"id":9,"result":[{"count":1}],"error":null}));
+            assert!(pending.is_empty());
+        }
+    }
+
+    #[test]
+    fn replies_not_awaited_pass_untouched() {
+        let mut pending = PendingMap::new();
+        pending.insert("[1,2]".into(), Pending { client_ops: 1, upstream_ops: 2 });
+        assert!(fix_reply(br#"{"id":3,"result":[{},{}],"error":null}"#, &mut pending).is_none());
+        assert!(fix_reply(br#"{"id":null,"method":"update3","params":[]}"#, &mut pending).is_none());
+        // a JSON-RPC error for the awaited id: forwarded as it is, and forgotten
+        assert!(fix_reply(br#"{"id":[1, 2],"error":"unknown database"}"#, &mut pending).is_none());
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn cancel_names_the_request_given_up() {
+        assert_eq!(
+            cancelled_id(br#"{"method":"cancel","params":[[1, "a"]],"id":null}"#).as_deref(),
+            Some(r#"[1,"a"]"#)
+        );
+        assert_eq!(cancelled_id(br#"{"method":"cancel","params":[7],"id":3}"#), None);
+        assert_eq!(cancelled_id(br#"{"method":"echo","params":["cancel"],"id":null}"#), None);
+    }
+}

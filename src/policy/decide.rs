@@ -44,9 +44,10 @@ fn strategy_value(raw: &str) -> Option<&str> {
 
 impl<'a> Tags<'a> {
     fn read(ext: &'a StrMap, cfg: &PolicyConfig) -> Tags<'a> {
-        let phase = match trimmed(ext.get(&cfg.phase_key)).map(str::to_ascii_lowercase).as_deref() {
-            Some("succeeded" | "completed") => Phase::Succeeded,
-            Some("failed" | "aborted") => Phase::Failed,
+        let is = |p: &str, names: [&str; 2]| names.iter().any(|n| p.eq_ignore_ascii_case(n));
+        let phase = match trimmed(ext.get(&cfg.phase_key)) {
+            Some(p) if is(p, ["succeeded", "completed"]) => Phase::Succeeded,
+            Some(p) if is(p, ["failed", "aborted"]) => Phase::Failed,
             _ => Phase::InProgress,
         };
         Tags {

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::decide::{desired, mutate_op, option_mutations, port_label, where_uuid};
 use super::value::{
-    map_json, map_pairs, parse_str_map, parse_str_scalar, parse_str_set, parse_uuid, Malformed, StrMap,
-    UuidRef,
+    is_map, map_json, map_pairs, parse_str_map, parse_str_scalar, parse_str_set, parse_uuid, Malformed,
+    StrMap, UuidRef,
 };
 use super::{
     Change, LspState, LspView, Opts, Plan, PolicyConfig, Skip, SkipReason, Unhandled, ACTIVATION_STRATEGY,
@@ -289,9 +289,7 @@ impl Step {
                     let Some(col) = MapCol::parse(column) else { continue };
                     muts.push(match (mutator.as_str(), value) {
                         ("insert", v) => Mutation::Insert(col, parse_str_map(v)?),
-                        ("delete", v) if map_pairs(v).is_ok() => {
-                            Mutation::DeletePairs(col, parse_str_map(v)?)
-                        }
+                        ("delete", v) if is_map(v) => Mutation::DeletePairs(col, parse_str_map(v)?),
                         ("delete", v) => Mutation::DeleteKeys(col, parse_str_set(v)?),
                         _ => return Err(Malformed("bad mutator for a map column")),
                     });
@@ -568,10 +566,10 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
         if w.deleted {
             continue;
         }
-        let port = port_label(&w.cur, w.named.as_deref());
+        let port = || port_label(&w.cur, w.named.as_deref());
         if w.tainted {
             if w.ever_tagged {
-                plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere });
+                plan.skips.push(Skip { port: port(), reason: SkipReason::UnresolvedWhere });
             }
             continue;
         }
@@ -579,7 +577,7 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
             Ok(Some(want)) => want,
             Ok(None) => continue,
             Err(reason) => {
-                plan.skips.push(Skip { port, reason });
+                plan.skips.push(Skip { port: port(), reason });
                 continue;
             }
         };
@@ -587,6 +585,7 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
         if before == want.opts {
             continue;
         }
+        let port = port();
         if single && steps[k].can_edit_options() {
             let ops = out.get_or_insert_with(|| params.as_array().cloned().unwrap_or_default());
             if let Some(op) = ops.get_mut(k + 1) {
@@ -671,87 +670,181 @@ mod tests {
             ("not an array", json!({"a": 1}), NOTHING),
             ("no ops", json!(["OVN_Northbound"]), NOTHING),
             ("other db", json!(["OVN_Southbound", tag(json!([]))]), NOTHING),
-            ("tag by name", json!(["OVN_Northbound", tag(json!([["name", "==", "p1"]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("name as a 1-element set", json!(["OVN_Northbound", tag(json!([["name", "==", ["set", ["p1"]]]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("name includes", json!(["OVN_Northbound", tag(json!([["name", "includes", "p1"]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("name != p2 matches p1 only", json!(["OVN_Northbound", tag(json!([["name", "!=", "p2"]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("uuid excludes", json!(["OVN_Northbound", tag(json!([["_uuid", "excludes", ["uuid", U2]]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("map ==", json!(["OVN_Northbound", tag(json!([["external_ids", "==", ["map", [["pod", "ns/vm1"]]]]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("map != (p2 would need no change)", json!(["OVN_Northbound", tag(json!([["options", "!=", ["map", []]]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("map excludes", json!(["OVN_Northbound", tag(json!([["external_ids", "excludes", ["map", [["pod", "ns/vm2"]]]]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("includes needs the value too", json!(["OVN_Northbound", tag(json!([["external_ids", "includes", ["map", [["pod", "ns/vm9"]]]]]))]),
-                NOTHING),
+            (
+                "tag by name",
+                json!(["OVN_Northbound", tag(json!([["name", "==", "p1"]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "name as a 1-element set",
+                json!(["OVN_Northbound", tag(json!([["name", "==", ["set", ["p1"]]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "name includes",
+                json!(["OVN_Northbound", tag(json!([["name", "includes", "p1"]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "name != p2 matches p1 only",
+                json!(["OVN_Northbound", tag(json!([["name", "!=", "p2"]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "uuid excludes",
+                json!(["OVN_Northbound", tag(json!([["_uuid", "excludes", ["uuid", U2]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "map ==",
+                json!(["OVN_Northbound", tag(json!([["external_ids", "==", ["map", [["pod", "ns/vm1"]]]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "map != (p2 would need no change)",
+                json!(["OVN_Northbound", tag(json!([["options", "!=", ["map", []]]]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "map excludes",
+                json!([
+                    "OVN_Northbound",
+                    tag(json!([["external_ids", "excludes", ["map", [["pod", "ns/vm2"]]]]]))
+                ]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "includes needs the value too",
+                json!([
+                    "OVN_Northbound",
+                    tag(json!([["external_ids", "includes", ["map", [["pod", "ns/vm9"]]]]]))
+                ]),
+                NOTHING,
+            ),
             ("false matches nothing", json!(["OVN_Northbound", tag(json!([false]))]), NOTHING),
-            ("no such uuid", json!(["OVN_Northbound", tag(json!([["_uuid", "==", ["uuid", "0000"]]]))]), NOTHING),
-            ("all rows; insert does not overwrite p2's destination", json!(["OVN_Northbound", tag(json!([]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("clear options of all rows", json!(["OVN_Northbound",
+            (
+                "no such uuid",
+                json!(["OVN_Northbound", tag(json!([["_uuid", "==", ["uuid", "0000"]]]))]),
+                NOTHING,
+            ),
+            (
+                "all rows; insert does not overwrite p2's destination",
+                json!(["OVN_Northbound", tag(json!([]))]),
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "clear options of all rows",
+                json!(["OVN_Northbound",
                     {"op": "update", "table": "Logical_Switch_Port", "where": [true], "row": {"options": ["map", []]}}]),
-                Want { appended: 1, changes: &[("p2", Cause::Reasserted)], ..NOTHING }),
-            ("delete by map with a wrong value is a no-op", json!(["OVN_Northbound",
+                Want { appended: 1, changes: &[("p2", Cause::Reasserted)], ..NOTHING },
+            ),
+            (
+                "delete by map with a wrong value is a no-op",
+                json!(["OVN_Northbound",
                     {"op": "mutate", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["uuid", U2]]],
                      "mutations": [["external_ids", "delete", ["map", [["migration-destination", "hv9"]]]]]}]),
-                NOTHING),
-            ("delete by key aborts", json!(["OVN_Northbound",
+                NOTHING,
+            ),
+            (
+                "delete by key aborts",
+                json!(["OVN_Northbound",
                     {"op": "mutate", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["uuid", U2]]],
                      "mutations": [["external_ids", "delete", ["set", ["migration-destination"]]]]}]),
-                Want { appended: 1, changes: &[("p2", Cause::Aborted)], ..NOTHING }),
-            ("rename then tag by the new name", json!(["OVN_Northbound",
+                Want { appended: 1, changes: &[("p2", Cause::Aborted)], ..NOTHING },
+            ),
+            (
+                "rename then tag by the new name",
+                json!(["OVN_Northbound",
                     {"op": "update", "table": "Logical_Switch_Port", "where": [["name", "==", "p1"]], "row": {"name": "p1-new"}},
                     tag(json!([["name", "==", "p1-new"]]))]),
-                Want { appended: 1, changes: &[("p1-new", Cause::Started)], ..NOTHING }),
-            ("the old name no longer matches", json!(["OVN_Northbound",
+                Want { appended: 1, changes: &[("p1-new", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "the old name no longer matches",
+                json!(["OVN_Northbound",
                     {"op": "update", "table": "Logical_Switch_Port", "where": [["name", "==", "p1"]], "row": {"name": "p1-new"}},
                     tag(json!([["name", "==", "p1"]]))]),
-                NOTHING),
-            ("insert without uuid-name, tagged later by name", json!(["OVN_Northbound",
+                NOTHING,
+            ),
+            (
+                "insert without uuid-name, tagged later by name",
+                json!(["OVN_Northbound",
                     {"op": "insert", "table": "Logical_Switch_Port", "row": {"name": "p9", "options": ["map", [["requested-chassis", "hv1"]]]}},
                     tag(json!([["name", "==", "p9"]]))]),
-                Want { appended: 1, changes: &[("p9", Cause::Started)], ..NOTHING }),
-            ("unresolved write of another column is ignored", json!(["OVN_Northbound",
+                Want { appended: 1, changes: &[("p9", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "unresolved write of another column is ignored",
+                json!(["OVN_Northbound",
                     {"op": "update", "table": "Logical_Switch_Port", "where": [["up", "==", true]], "row": {"enabled": false}},
                     tag(json!([["_uuid", "==", ["uuid", U1]]]))]),
-                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING }),
-            ("unresolved tagging op: every tagged candidate skipped", json!(["OVN_Northbound", tag(json!([["type", "==", ""]]))]),
-                Want { skips: &[("p1", SkipReason::UnresolvedWhere), ("p2", SkipReason::UnresolvedWhere)], ..NOTHING }),
-            ("after an unresolved write, no in-place edit", json!(["OVN_Northbound",
+                Want { appended: 1, changes: &[("p1", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "unresolved tagging op: every tagged candidate skipped",
+                json!(["OVN_Northbound", tag(json!([["type", "==", ""]]))]),
+                Want {
+                    skips: &[("p1", SkipReason::UnresolvedWhere), ("p2", SkipReason::UnresolvedWhere)],
+                    ..NOTHING
+                },
+            ),
+            (
+                "after an unresolved write, no in-place edit",
+                json!(["OVN_Northbound",
                     {"op": "mutate", "table": "Logical_Switch_Port", "where": [["type", "==", "router"]],
                      "mutations": [["external_ids", "insert", ["map", [["x", "y"]]]]]},
                     {"op": "update", "table": "Logical_Switch_Port", "where": [["name", "==", "p3"]], "row": {"options": ["map", []]}},
                     {"op": "insert", "table": "Logical_Switch_Port", "uuid-name": "n3",
                      "row": {"name": "p3", "external_ids": ["map", [["migration-destination", "hv2"]]], "options": ["map", [["requested-chassis", "hv1"]]]}},
-                    {"op": "update", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["named-uuid", "n3"]]], "row": {"options": ["map", [["a", "b"]]]}}]),
-                Want { appended: 1, changes: &[("p3", Cause::Started)], skips: &[("p2", SkipReason::UnresolvedWhere)], ..NOTHING }),
-            ("mutator += on options", json!(["OVN_Northbound",
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["named-uuid", "n3"]]], "row": {"options": ["map", [["a", "b"], ["requested-chassis", "hv1"]]]}}]),
+                Want {
+                    appended: 1,
+                    changes: &[("p3", Cause::Started)],
+                    skips: &[("p2", SkipReason::UnresolvedWhere)],
+                    ..NOTHING
+                },
+            ),
+            (
+                "mutator += on options",
+                json!(["OVN_Northbound",
                     {"op": "mutate", "table": "Logical_Switch_Port", "where": [], "mutations": [["options", "+=", 1]]}]),
-                UNHANDLED),
-            ("non-string map value", json!(["OVN_Northbound",
+                UNHANDLED,
+            ),
+            (
+                "non-string map value",
+                json!(["OVN_Northbound",
                     {"op": "update", "table": "Logical_Switch_Port", "where": [], "row": {"options": ["map", [["a", 1]]]}}]),
-                UNHANDLED),
-            ("missing where", json!(["OVN_Northbound",
+                UNHANDLED,
+            ),
+            (
+                "missing where",
+                json!(["OVN_Northbound",
                     {"op": "update", "table": "Logical_Switch_Port", "row": {"external_ids": ["map", []]}}]),
-                UNHANDLED),
+                UNHANDLED,
+            ),
             ("bad condition", json!(["OVN_Northbound", tag(json!([["name", "<", "p1"]]))]), UNHANDLED),
             ("bare uuid string", json!(["OVN_Northbound", tag(json!([["_uuid", "==", U1]]))]), UNHANDLED),
-            ("unknown named-uuid", json!(["OVN_Northbound", tag(json!([["_uuid", "==", ["named-uuid", "nope"]]]))]), UNHANDLED),
-            ("duplicate uuid-name", json!(["OVN_Northbound",
+            (
+                "unknown named-uuid",
+                json!(["OVN_Northbound", tag(json!([["_uuid", "==", ["named-uuid", "nope"]]]))]),
+                UNHANDLED,
+            ),
+            (
+                "duplicate uuid-name",
+                json!(["OVN_Northbound",
                     {"op": "insert", "table": "Logical_Switch", "uuid-name": "a", "row": {}},
                     {"op": "insert", "table": "Logical_Switch_Port", "uuid-name": "a", "row": {}}]),
-                UNHANDLED),
+                UNHANDLED,
+            ),
             ("op not an object", json!(["OVN_Northbound", 1]), UNHANDLED),
             ("no table", json!(["OVN_Northbound", {"op": "update", "where": [], "row": {}}]), UNHANDLED),
-            ("named-uuid of another table matches nothing", json!(["OVN_Northbound",
+            (
+                "named-uuid of another table matches nothing",
+                json!(["OVN_Northbound",
                     {"op": "insert", "table": "Logical_Switch", "uuid-name": "ls", "row": {}},
                     tag(json!([["_uuid", "==", ["named-uuid", "ls"]]]))]),
-                NOTHING),
+                NOTHING,
+            ),
         ];
         let cfg = PolicyConfig::default();
         let view = view();
@@ -759,10 +852,12 @@ mod tests {
             let plan = plan_transact(&params, &view, &cfg);
             let n = params.as_array().map_or(0, |a| a.len().saturating_sub(1));
             assert_eq!(plan.client_ops, n, "{name}: client_ops");
-            assert_eq!(plan.upstream_ops, n + want.appended, "{name}: upstream_ops");
-            let changes: Vec<(&str, Cause)> = plan.changes.iter().map(|c| (c.port.as_str(), c.cause)).collect();
+            assert_eq!(plan.upstream_ops, n + want.appended, "{name}: upstream_ops {plan:?}");
+            let changes: Vec<(&str, Cause)> =
+                plan.changes.iter().map(|c| (c.port.as_str(), c.cause)).collect();
             assert_eq!(changes, want.changes, "{name}: changes");
-            let skips: Vec<(&str, SkipReason)> = plan.skips.iter().map(|s| (s.port.as_str(), s.reason)).collect();
+            let skips: Vec<(&str, SkipReason)> =
+                plan.skips.iter().map(|s| (s.port.as_str(), s.reason)).collect();
             assert_eq!(skips, want.skips, "{name}: skips");
             assert_eq!(plan.unhandled.is_some(), want.unhandled, "{name}: unhandled {:?}", plan.unhandled);
             assert_eq!(plan.rewritten.is_some(), !plan.changes.is_empty(), "{name}: rewritten");

@@ -40,6 +40,11 @@ fn tagged<'a>(v: &'a Value, tag: &str) -> Option<&'a Value> {
     }
 }
 
+/// Whether `v` has the `["map", ...]` tag (a cheap test; the pairs are not checked).
+pub fn is_map(v: &Value) -> bool {
+    tagged(v, "map").is_some()
+}
+
 /// `["map", [[k, v], ...]]` with string keys and values, no duplicate key.
 pub fn parse_str_map(v: &Value) -> Result<StrMap, Malformed> {
     let pairs = map_pairs(v)?;
@@ -140,6 +145,8 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_str_map(input).map_err(|_| ()), *want, "{input}");
         }
+        assert!(is_map(&json!(["map", []])));
+        assert!(!is_map(&json!(["set", []])) && !is_map(&json!("map")));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (processes for the demo and the tests), `metrics`.
 
 pub mod cache;
+pub mod control;
 pub mod demo;
 pub mod metrics;
 pub mod policy;
@@ -13,4 +14,5 @@ pub mod proxy;
 pub mod remote;
 pub mod rewrite;
 pub mod sandbox;
+pub mod timeline;
 pub mod wire;

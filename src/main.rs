@@ -56,6 +56,15 @@ struct RunArgs {
     /// Log the rewrites the policy would make and forward the original transactions.
     #[arg(long)]
     dry_run: bool,
+    /// Southbound database(s) to watch for migration timelines: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, value_name = "REMOTE[,REMOTE...]")]
+    sb_db: Option<String>,
+    /// Finish a migration as soon as the Southbound shows the destination activated (needs --sb-db).
+    #[arg(long)]
+    finalize_on_activation: bool,
+    /// Control socket for ovs-appctl -t PATH.
+    #[arg(long, value_name = "PATH")]
+    unixctl: Option<std::path::PathBuf>,
 }
 
 fn init_logging(filter: Option<&str>, default: &str) {
@@ -92,6 +101,14 @@ fn config(args: RunArgs) -> Result<Config> {
         cfg.policy = file.migration;
     }
     cfg.dry_run = args.dry_run;
+    if let Some(sb) = &args.sb_db {
+        cfg.sb = parse_upstreams(sb).context("--sb-db")?;
+    }
+    cfg.finalize_on_activation = args.finalize_on_activation || cfg.policy.finalize_on_activation;
+    if cfg.finalize_on_activation && cfg.sb.is_empty() {
+        bail!("finalize on activation needs --sb-db: the proxy learns of the activation from the Southbound");
+    }
+    cfg.unixctl = args.unixctl;
     cfg.max_sessions = args.max_sessions;
     cfg.max_frame = args.max_frame_size;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));

@@ -5,12 +5,12 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// One label, e.g. `[("cause", "started")]`.
 pub type Label = [(&'static str, &'static str); 1];
 
-#[derive(Default)]
 pub struct Metrics {
     pub sessions_open: Gauge,
     pub sessions: Counter,
@@ -20,7 +20,28 @@ pub struct Metrics {
     pub skips: Family<Label, Counter>,
     pub reconciles: Family<Label, Counter>,
     pub monitor_resyncs: Counter,
+    /// Tagged → single chassis again, from the SB timeline (only with `--sb-db`).
+    pub migration_seconds: Histogram,
     registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            sessions_open: Gauge::default(),
+            sessions: Counter::default(),
+            frame_too_large: Counter::default(),
+            transactions: Counter::default(),
+            rewrites: Family::default(),
+            skips: Family::default(),
+            reconciles: Family::default(),
+            monitor_resyncs: Counter::default(),
+            migration_seconds: Histogram::new(
+                [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0].into_iter(),
+            ),
+            registry: Registry::default(),
+        }
+    }
 }
 
 impl Metrics {

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use memchr::memmem;
 use serde_json::{Map, Value};
 
-use crate::policy::{map_result, plan_transact, LspView, Opts, Plan, PolicyConfig};
+use crate::cache::LspCache;
+use crate::policy::{map_result, plan_transact, LspState, LspView, Opts, Plan, PolicyConfig};
+use crate::timeline::Timelines;
 use crate::wire::{id_key, Envelope, Kind};
 
 /// What the session remembers about a request whose reply must be trimmed.
@@ -24,6 +26,28 @@ pub struct Pending {
 
 /// Replies awaited, by canonical id.
 pub type PendingMap = HashMap<String, Pending>;
+
+/// The policy's view of the ports: the cache, and (with finalize on activation) the timelines
+/// that say which migrations the proxy has finished itself.
+pub struct PortsView<'a> {
+    pub cache: &'a LspCache,
+    pub timelines: Option<&'a Timelines>,
+}
+
+impl LspView for PortsView<'_> {
+    fn by_uuid(&self, uuid: &str) -> Option<LspState> {
+        self.cache.by_uuid(uuid)
+    }
+    fn by_name(&self, name: &str) -> Option<LspState> {
+        self.cache.by_name(name)
+    }
+    fn all(&self) -> Vec<LspState> {
+        self.cache.all()
+    }
+    fn finalized(&self, port: &str, destination: &str) -> bool {
+        self.timelines.is_some_and(|t| t.is_finalized(port, destination))
+    }
+}
 
 /// The two option keys as one log field: `requested-chassis=hv1,hv2 activation-strategy=rarp`
 /// (`-` for an absent key).

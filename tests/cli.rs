@@ -76,7 +76,14 @@ fn the_demo_walks_through_and_leaves_nothing_running() {
     let out = Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy")).arg("demo").output().expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    for step in ["ovn-nbctl", "lsp-add sw0 vm1", "requested-chassis=hv1", "owner=demo", "switch"] {
+    for step in [
+        "vm1 options = {activation-strategy=rarp, requested-chassis=\"hv1,hv2\"}",
+        "vm1 options = {activation-strategy=rarp, mcast_flood=\"true\", requested-chassis=\"hv1,hv2\"}",
+        "vm1 options = {mcast_flood=\"true\", requested-chassis=hv2}",
+        "vm2 options = {requested-chassis=hv1}",
+        "vm3 options = {activation-strategy=rarp, requested-chassis=\"hv1,hv2\"}",
+        "ovn_nb_proxy_reconciles_total{outcome=\"applied\"} 1",
+    ] {
         assert!(stdout.contains(step), "demo output lacks {step:?}:\n{stdout}");
     }
     let dir = stdout

@@ -141,7 +141,8 @@ fn the_installed_nb_schema_has_what_the_policy_needs() {
         for (col, want) in cols.as_object().expect("columns") {
             let ty = &schema["tables"][table]["columns"][col]["type"];
             assert!(!ty.is_null(), "{table}.{col} missing from the installed schema");
-            let key = ty["key"].as_str().or_else(|| ty["key"]["type"].as_str());
+            // A type is "string", {"key":"string",...} or {"key":{"type":"string",...},...}.
+            let key = ty.as_str().or_else(|| ty["key"].as_str()).or_else(|| ty["key"]["type"].as_str());
             assert_eq!(key, want["key"].as_str(), "{table}.{col} key type: {ty}");
             if let Some(v) = want.get("value") {
                 let value = ty["value"].as_str().or_else(|| ty["value"]["type"].as_str());

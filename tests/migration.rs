@@ -432,3 +432,47 @@ fn tag_names_come_from_the_config_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn ovs_appctl_lists_and_shows_migrations() {
+    let (nb, mut p) = setup(&[]);
+    assert!(p.appctl(&["version"]).expect("version").starts_with("ovn-nb-proxy "));
+    let cmds = p.appctl(&["list-commands"]).expect("list-commands");
+    for c in ["exit", "migrations/list", "migrations/show", "proxy/show"] {
+        assert!(cmds.contains(c), "{cmds}");
+    }
+    assert_eq!(p.appctl(&["migrations/list"]).expect("list"), "no migrations\n");
+    ovn_nbctl(
+        &p.unix_remote(),
+        &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"],
+    )
+    .expect("tag");
+    expect_opts(&nb, "vm1", Some("hv1,hv2"), Some("rarp"));
+    eventually("the timeline has the port", || {
+        p.appctl(&["migrations/list"]).is_ok_and(|l| l.contains("vm1"))
+    });
+    let list = p.appctl(&["migrations/list"]).expect("list");
+    let line = list.lines().find(|l| l.starts_with("vm1")).expect("a line for vm1");
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[..5], ["vm1", "hv1", "hv2", "in-progress", "-"], "{list}");
+    let show = p.appctl(&["migrations/show", "vm1"]).expect("show");
+    assert!(show.contains("port vm1: hv1 → hv2 (in-progress)") && show.contains("tagged"), "{show}");
+    let err = p.appctl(&["migrations/show", "nope"]).expect_err("unknown port");
+    assert!(err.contains("no migration of port nope"), "{err}");
+    let err = p.appctl(&["bogus"]).expect_err("unknown command");
+    assert!(err.contains("\"bogus\" is not a valid command"), "{err}");
+    let show = p.appctl(&["proxy/show"]).expect("proxy/show");
+    assert!(
+        show.contains("port cache: 1 ports, synchronised") && show.contains("migrations in progress: 1"),
+        "{show}"
+    );
+    ovn_nbctl(
+        &p.unix_remote(),
+        &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-phase=succeeded"],
+    )
+    .expect("done");
+    eventually("the phase shows", || p.appctl(&["migrations/list"]).is_ok_and(|l| l.contains("succeeded")));
+    p.appctl(&["exit"]).expect("exit");
+    eventually("the proxy exits on ovs-appctl exit", || !p.is_running());
+    assert!(!p.unix.exists(), "the listener's socket file is removed on exit");
+}

@@ -131,18 +131,26 @@ fn recording_upstream(
     let handle = std::thread::spawn(move || {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
-        // The proxy's start-up reachability probe connects and leaves without a word: skip
-        // such connections. Wait for the client's first message, answer piece by piece, then
+        // The proxy's own connections are not the client's: its start-up reachability probe
+        // connects and leaves without a word, and its port monitor opens with a
+        // `monitor_cond` of its own. Skip both (keeping the monitor's open, or it would
+        // reconnect). Then wait for the client's first message, answer piece by piece, and
         // read until EOF.
+        let mut own = Vec::new();
         let mut s = loop {
             let (mut s, _) = listener.accept().expect("accept");
             s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            got.clear();
             while !got.ends_with(b"}") {
                 let n = s.read(&mut buf).expect("read");
                 if n == 0 {
                     break;
                 }
                 got.extend_from_slice(&buf[..n]);
+            }
+            if String::from_utf8_lossy(&got).contains("\"ovn-nb-proxy\"") {
+                own.push(s);
+                continue;
             }
             if !got.is_empty() {
                 break s;

@@ -16,6 +16,13 @@ use crate::policy::{LspState, LspView, LSP_TABLE};
 /// The columns the monitor asks for.
 pub const COLUMNS: [&str; 3] = ["name", "options", "external_ids"];
 
+/// One row a monitor update touched: as it was (`None`: new) and as it is (`None`: deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub before: Option<LspState>,
+    pub after: Option<LspState>,
+}
+
 #[derive(Debug, Default)]
 pub struct LspCache {
     rows: DashMap<String, LspState>,
@@ -47,7 +54,7 @@ impl LspCache {
     }
 
     /// Replaces the whole content with a monitor reply's initial rows.
-    pub fn reset(&self, initial: &Value) -> Vec<String> {
+    pub fn reset(&self, initial: &Value) -> Vec<Touched> {
         self.rows.clear();
         self.names.clear();
         let touched = self.apply(initial);
@@ -55,29 +62,34 @@ impl LspCache {
         touched
     }
 
-    /// Applies `<table-updates2>` (`initial`/`insert` rows, `modify` diffs, `delete`); returns
-    /// the uuids of rows that now exist and were touched. Malformed pieces are skipped: the
-    /// monitor is resynchronised on reconnect anyway.
-    pub fn apply(&self, updates: &Value) -> Vec<String> {
+    /// Applies `<table-updates2>` (`initial`/`insert` rows, `modify` diffs, `delete`) and says
+    /// what each touched row was before and is now. Malformed pieces are skipped: the monitor
+    /// is resynchronised on reconnect anyway.
+    pub fn apply(&self, updates: &Value) -> Vec<Touched> {
         let mut touched = Vec::new();
         let Some(rows) = updates.get(LSP_TABLE).and_then(Value::as_object) else { return touched };
         for (uuid, change) in rows {
             let Some(change) = change.as_object() else { continue };
-            if let Some(row) = change.get("initial").or_else(|| change.get("insert")) {
+            let before = self.rows.get(uuid).map(|r| r.clone());
+            let after = if let Some(row) = change.get("initial").or_else(|| change.get("insert")) {
                 let mut state = LspState { uuid: uuid.clone(), ..LspState::default() };
                 apply_columns(&mut state, row, false);
-                self.put(state);
-                touched.push(uuid.clone());
+                self.put(state.clone());
+                Some(state)
             } else if let Some(diff) = change.get("modify") {
-                let Some(mut state) = self.rows.get(uuid).map(|r| r.clone()) else { continue };
+                let Some(mut state) = before.clone() else { continue };
                 apply_columns(&mut state, diff, true);
-                self.put(state);
-                touched.push(uuid.clone());
+                self.put(state.clone());
+                Some(state)
             } else if change.contains_key("delete") {
                 if let Some((_, old)) = self.rows.remove(uuid) {
                     self.names.remove_if(&old.name, |_, u| u == uuid);
                 }
-            }
+                None
+            } else {
+                continue;
+            };
+            touched.push(Touched { before, after });
         }
         touched
     }
@@ -155,7 +167,9 @@ mod tests {
         let touched = cache.apply(&json!({"Logical_Switch_Port":{"u1":{"modify":{
             "options":["map",[["x","1"],["requested-chassis","hv1,hv2"],["y","2"]]],
             "external_ids":["map",[["migration-destination","hv2"]]]}}}}));
-        assert_eq!(touched, vec!["u1".to_string()]);
+        assert_eq!(touched.len(), 1);
+        assert_eq!(touched[0].before.as_ref().map(|r| r.options.len()), Some(2));
+        assert_eq!(touched[0].after.as_ref().map(|r| r.uuid.as_str()), Some("u1"));
         let p1 = cache.by_uuid("u1").expect("u1");
         assert_eq!(p1.options.get("x"), None);
         assert_eq!(p1.options.get("requested-chassis").map(String::as_str), Some("hv1,hv2"));
@@ -167,7 +181,11 @@ mod tests {
         assert!(cache.by_name("p2").is_none());
         assert_eq!(cache.by_name("p2b").expect("renamed").uuid, "u2");
 
-        cache.apply(&json!({"Logical_Switch_Port":{"u1":{"delete":null},"u3":{"insert":{"name":"p3"}}}}));
+        let touched =
+            cache.apply(&json!({"Logical_Switch_Port":{"u1":{"delete":null},"u3":{"insert":{"name":"p3"}}}}));
+        assert!(touched
+            .iter()
+            .any(|t| t.after.is_none() && t.before.as_ref().is_some_and(|b| b.name == "p1")));
         assert!(cache.by_uuid("u1").is_none());
         assert!(cache.by_name("p1").is_none());
         assert_eq!(cache.by_name("p3").expect("p3").uuid, "u3");

@@ -16,6 +16,9 @@ pub struct PolicyConfig {
     pub strategy_key: String,
     /// Strategy while in progress; empty or `none` means no `activation-strategy` key.
     pub default_strategy: String,
+    /// Finish a migration as soon as the Southbound shows the destination activated, without
+    /// waiting for the phase tag (needs `--sb-db`). Off by default.
+    pub finalize_on_activation: bool,
 }
 
 impl Default for PolicyConfig {
@@ -26,6 +29,7 @@ impl Default for PolicyConfig {
             phase_key: "migration-phase".into(),
             strategy_key: "migration-activation-strategy".into(),
             default_strategy: "rarp".into(),
+            finalize_on_activation: false,
         }
     }
 }

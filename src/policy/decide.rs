@@ -99,6 +99,17 @@ pub fn desired(
     post: &LspState,
     cfg: &PolicyConfig,
 ) -> Result<Option<Desired>, SkipReason> {
+    desired_with(pre, post, cfg, &|_, _| false)
+}
+
+/// `desired`, where `finalized(port, destination)` says the proxy has finished an in-progress
+/// migration itself (see `LspView::finalized`): the port then gets the succeeded options.
+pub fn desired_with(
+    pre: Option<&LspState>,
+    post: &LspState,
+    cfg: &PolicyConfig,
+    finalized: &dyn Fn(&str, &str) -> bool,
+) -> Result<Option<Desired>, SkipReason> {
     let tags = Tags::read(&post.external_ids, cfg);
     let Some(dst) = tags.dst else {
         return Ok(pre.and_then(|pre| abort(pre, post, cfg)));
@@ -108,6 +119,9 @@ pub fn desired(
     let pre_ref = pre_tags.as_ref().map(|(p, t)| (*p, t));
     let same_state = pre_tags.as_ref().is_some_and(|(_, t)| t.dst == Some(dst) && t.phase == tags.phase);
     let (opts, cause) = match tags.phase {
+        Phase::InProgress if finalized(&post.name, dst) => {
+            (Opts { requested_chassis: Some(dst.to_owned()), activation_strategy: None }, Cause::Finalized)
+        }
         Phase::InProgress => {
             let src = source(&tags, pre_ref, post)?;
             if src == dst {
@@ -189,8 +203,15 @@ pub(crate) fn where_uuid(target: &UuidRef) -> Value {
 /// A fix-up for a row seen on the monitor (written by something that bypassed the proxy):
 /// `wait` that options and external_ids are still exactly as seen, then `mutate` the two keys,
 /// then a `comment`. Without a database name. `None`: nothing to do, or a port left alone.
-pub fn plan_reconcile(row: &LspState, cfg: &PolicyConfig) -> Option<(Vec<Value>, Change)> {
-    let want = desired(None, row, cfg).ok().flatten()?;
+/// `pre` is the row as the monitor showed it before this change, when known: it gives the
+/// source of a migration in progress and makes aborts visible, as for a client transaction.
+pub fn plan_reconcile(
+    pre: Option<&LspState>,
+    row: &LspState,
+    cfg: &PolicyConfig,
+    finalized: &dyn Fn(&str, &str) -> bool,
+) -> Option<(Vec<Value>, Change)> {
+    let want = desired_with(pre, row, cfg, finalized).ok().flatten()?;
     let before = Opts::of(&row.options);
     if before == want.opts || row.uuid.is_empty() {
         return None;
@@ -433,7 +454,7 @@ mod tests {
     fn reconcile_is_conditional() {
         let cfg = PolicyConfig::default();
         let r = row(&[(RC, "hv1"), ("foo", "bar")], &[(DST, "hv2")]);
-        let (ops, change) = plan_reconcile(&r, &cfg).expect("needs a fix");
+        let (ops, change) = plan_reconcile(None, &r, &cfg, &|_, _| false).expect("needs a fix");
         assert_eq!(change.cause, Cause::Started);
         assert_eq!(change.before, opts(Some("hv1"), None));
         assert_eq!(change.after, opts(Some("hv1,hv2"), Some("rarp")));
@@ -466,10 +487,47 @@ mod tests {
             ("rolled back", row(&[(RC, "hv1")], &[(DST, "hv2"), (PHASE, "failed")])),
         ];
         for (name, r) in cases {
-            assert_eq!(plan_reconcile(&r, &cfg), None, "{name}");
+            assert_eq!(plan_reconcile(None, &r, &cfg, &|_, _| false), None, "{name}");
         }
         let mut no_uuid = row(&[(RC, "hv1")], &[(DST, "hv2")]);
         no_uuid.uuid.clear();
-        assert_eq!(plan_reconcile(&no_uuid, &cfg), None);
+        assert_eq!(plan_reconcile(None, &no_uuid, &cfg, &|_, _| false), None);
+    }
+
+    #[test]
+    fn finalized_migrations_get_the_succeeded_options() {
+        let cfg = PolicyConfig::default();
+        let migrating = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2")]);
+        let fin = |p: &str, d: &str| p == "p1" && d == "hv2";
+        let got = desired_with(None, &migrating, &cfg, &fin).expect("ok").expect("migrating");
+        assert_eq!(got.opts, opts(Some("hv2"), None));
+        assert_eq!(got.cause, Cause::Finalized);
+        // another destination is not finalized
+        let other = row(&[(RC, "hv1,hv3"), (AS, "rarp")], &[(DST, "hv3")]);
+        let got = desired_with(None, &other, &cfg, &fin).expect("ok").expect("migrating");
+        assert_eq!(got.opts, opts(Some("hv1,hv3"), Some("rarp")));
+        // the CMS's own verdict still wins
+        let failed = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2"), (PHASE, "failed")]);
+        let got = desired_with(None, &failed, &cfg, &fin).expect("ok").expect("migrating");
+        assert_eq!(got.opts, opts(Some("hv1"), None));
+        // and the reconciler applies it
+        let (_, change) = plan_reconcile(None, &migrating, &cfg, &fin).expect("finalize");
+        assert_eq!(change.after, opts(Some("hv2"), None));
+    }
+
+    #[test]
+    fn reconcile_with_the_monitors_pre_state() {
+        let cfg = PolicyConfig::default();
+        // A bypassing unaware writer replaced requested-chassis on a migrating port: the
+        // source comes from the state before that write, not from the overwritten value.
+        let pre = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2")]);
+        let post = row(&[(RC, "hv9")], &[(DST, "hv2")]);
+        let (_, change) = plan_reconcile(Some(&pre), &post, &cfg, &|_, _| false).expect("fix");
+        assert_eq!(change.after, opts(Some("hv1,hv2"), Some("rarp")));
+        // The destination tag removed around the proxy while in progress: an abort.
+        let aborted = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[]);
+        let (_, change) = plan_reconcile(Some(&pre), &aborted, &cfg, &|_, _| false).expect("abort");
+        assert_eq!(change.after, opts(Some("hv1"), None));
+        assert_eq!(change.cause, Cause::Aborted);
     }
 }

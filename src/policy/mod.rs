@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use config::{load_toml, ConfigError, FileConfig, PolicyConfig};
-pub use decide::{desired, plan_reconcile, Desired};
+pub use decide::{desired, desired_with, plan_reconcile, Desired};
 pub use reply::map_result;
 pub use txn::plan_transact;
 
@@ -49,6 +49,12 @@ pub trait LspView {
     fn by_uuid(&self, uuid: &str) -> Option<LspState>;
     fn by_name(&self, name: &str) -> Option<LspState>;
     fn all(&self) -> Vec<LspState>;
+    /// True when the proxy has finished the in-progress migration of `port` to `destination`
+    /// itself, because the Southbound showed the destination activated (finalize on
+    /// activation). Such a port is treated as succeeded until its tags change.
+    fn finalized(&self, _port: &str, _destination: &str) -> bool {
+        false
+    }
 }
 
 /// A linear-scan view, handy for small tests.
@@ -138,6 +144,8 @@ pub enum Cause {
     Failed,
     /// The destination tag was removed while the migration was in progress.
     Aborted,
+    /// In progress by the tags, but the destination is activated and the proxy finishes it.
+    Finalized,
 }
 
 impl Cause {
@@ -148,6 +156,7 @@ impl Cause {
             Cause::Succeeded => "succeeded",
             Cause::Failed => "failed",
             Cause::Aborted => "aborted",
+            Cause::Finalized => "finalized",
         }
     }
 }

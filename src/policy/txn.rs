@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::decide::{desired, mutate_op, option_mutations, port_label, where_uuid};
+use super::decide::{desired_with, mutate_op, option_mutations, port_label, where_uuid};
 use super::value::{
     is_map, map_json, map_pairs, parse_str_map, parse_str_scalar, parse_str_set, parse_uuid, Malformed,
     StrMap, UuidRef,
@@ -573,7 +573,8 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
             }
             continue;
         }
-        let want = match desired(w.pre.as_ref(), &w.cur, cfg) {
+        let finalized = |port: &str, dst: &str| view.finalized(port, dst);
+        let want = match desired_with(w.pre.as_ref(), &w.cur, cfg, &finalized) {
             Ok(Some(want)) => want,
             Ok(None) => continue,
             Err(reason) => {

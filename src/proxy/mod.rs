@@ -7,6 +7,7 @@
 mod listener;
 mod monitor;
 mod session;
+mod unixctl;
 mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,8 @@ use crate::cache::LspCache;
 use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
 use crate::remote::{Active, Passive};
+use crate::rewrite::PortsView;
+use crate::timeline::Timelines;
 use crate::wire::DEFAULT_MAX_FRAME;
 
 /// Everything the data path needs to know.
@@ -43,14 +46,29 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Log the rewrites and reconciles the policy would make, change nothing.
     pub dry_run: bool,
+    /// Southbound database(s) to watch for the migration timelines (empty: not SB-aware).
+    pub sb: Vec<Active>,
+    /// Finish a migration as soon as the SB shows the destination activated.
+    pub finalize_on_activation: bool,
+    /// The `ovs-appctl` control socket.
+    pub unixctl: Option<std::path::PathBuf>,
 }
 
-/// What every session and the monitor share.
+/// What every session and the monitors share.
 pub struct Shared {
     pub cache: Arc<LspCache>,
+    pub timelines: Timelines,
     pub policy: PolicyConfig,
     pub dry_run: bool,
+    pub finalize: bool,
     pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// What the policy sees: the port cache, plus the ports the proxy has finalized.
+    pub fn view(&self) -> PortsView<'_> {
+        PortsView { cache: &self.cache, timelines: self.finalize.then_some(&self.timelines) }
+    }
 }
 
 impl Config {
@@ -64,6 +82,9 @@ impl Config {
             close_grace: Duration::from_secs(5),
             policy: PolicyConfig::default(),
             dry_run: false,
+            sb: Vec::new(),
+            finalize_on_activation: false,
+            unixctl: None,
         }
     }
 }
@@ -73,6 +94,7 @@ pub struct Proxy {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
+    unixctl: Option<Listener>,
 }
 
 impl Proxy {
@@ -84,11 +106,17 @@ impl Proxy {
         }
         let shared = Arc::new(Shared {
             cache: Arc::new(LspCache::new()),
+            timelines: Timelines::new(),
             policy: cfg.policy.clone(),
             dry_run: cfg.dry_run,
+            finalize: cfg.finalize_on_activation && !cfg.sb.is_empty(),
             metrics: Arc::new(Metrics::new()),
         });
-        Ok(Self { cfg: Arc::new(cfg), shared, listeners })
+        let unixctl = match &cfg.unixctl {
+            Some(path) => Some(unixctl::bind(path).await?),
+            None => None,
+        };
+        Ok(Self { cfg: Arc::new(cfg), shared, listeners, unixctl })
     }
 
     /// The port cache, the metrics and the policy, shared with every session.
@@ -108,7 +136,18 @@ impl Proxy {
         let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
         let next_id = Arc::new(AtomicU64::new(1));
         tracker.spawn(probe_upstream(self.cfg.clone(), shutdown.clone()));
-        tracker.spawn(monitor::run(self.cfg.clone(), self.shared.clone(), shutdown.clone()));
+        monitor::spawn(&self.cfg, self.shared.clone(), &tracker, shutdown.clone());
+        if let Some(ctl) = self.unixctl {
+            let info = crate::control::ProxyInfo {
+                listeners: self.listeners.iter().map(|l| l.local_addr().to_string()).collect(),
+                upstreams: self.cfg.upstreams.iter().map(ToString::to_string).collect(),
+                sb: self.cfg.sb.iter().map(ToString::to_string).collect(),
+                dry_run: self.cfg.dry_run,
+                finalize: self.shared.finalize,
+            };
+            let io = Arc::new(crate::control::handler(self.shared.clone(), info, shutdown.clone()));
+            tracker.spawn(unixctl::serve(ctl, io, shutdown.clone()));
+        }
         for listener in self.listeners {
             info!(listen = %listener.local_addr(), "listening");
             let (cfg, shared) = (self.cfg.clone(), self.shared.clone());

@@ -1,7 +1,10 @@
-//! The proxy's own upstream connection: a `monitor_cond` on `Logical_Switch_Port` that feeds
-//! the port cache, and the reconciler that fixes ports tagged by writers that bypassed the proxy
-//! (another CMS instance, `ovn-nbctl` on the database host, writes made while the proxy was
-//! down).
+//! The proxy's own upstream connections, each holding one `monitor_cond`:
+//!
+//! * NB `Logical_Switch_Port` feeds the port cache and the NB side of the migration timelines,
+//!   and drives the reconciler, which fixes ports tagged by writers that bypassed the proxy
+//!   (another CMS instance, `ovn-nbctl` on the database host, writes made while the proxy was
+//!   down), and finishes migrations the SB shows activated when finalize-on-activation is on.
+//! * SB `Port_Binding` + `Chassis` (only with `--sb-db`) feeds the SB side of the timelines.
 //!
 //! **Invariant**: the reconciler never overwrites blindly. Each of its transactions starts with
 //! a `wait` that the row's `options` and `external_ids` are still what the cache says; if a
@@ -9,24 +12,26 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::upstream::{connect_any, BoxIo};
-use super::{Config, Shared};
-use crate::cache::COLUMNS;
-use crate::policy::{plan_reconcile, LspView, LSP_TABLE, NB_DB};
+use super::Shared;
+use crate::cache::{sb, SbCache, Touched, COLUMNS};
+use crate::policy::{plan_reconcile, LspState, LSP_TABLE, NB_DB};
+use crate::remote::Active;
 use crate::rewrite::show_opts;
+use crate::timeline::{Phase, Stage};
 use crate::wire::FrameCodec;
 
-/// Our monitor id, and the id of the monitor request.
-const MONITOR_ID: &str = "ovn-nb-proxy";
+/// The id of the monitor request on each of our connections; our own requests count from 1.
 const MONITOR_REQ_ID: u64 = 0;
 /// Consecutive failed reconciles of one row before the reconciler waits for the next update.
 const MAX_ATTEMPTS: u32 = 3;
@@ -37,26 +42,52 @@ enum MonitorError {
     Io(#[from] std::io::Error),
     #[error("upstream framing: {0}")]
     Frame(#[from] crate::wire::FrameError),
-    #[error("upstream closed the monitor connection")]
+    #[error("upstream closed the connection")]
     Closed,
     #[error("monitor request refused: {0}")]
     Refused(String),
 }
 
-pub(super) async fn run(cfg: Arc<Config>, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// What one monitor connection does with what it receives. Each method returns the requests
+/// to send (without ids: the loop numbers them).
+trait Handler {
+    fn label(&self) -> &'static str;
+    /// The `monitor_cond` params: `[db, monitor-id, requests]`.
+    fn monitor_params(&self) -> Value;
+    fn initial(&mut self, result: &Value) -> Vec<Value>;
+    fn update(&mut self, updates: &Value) -> Vec<Value>;
+    fn reply(&mut self, request: &Value, reply: &Value) -> Vec<Value>;
+    /// Something outside asks to look at `key` again.
+    fn poke(&mut self, _key: String) -> Vec<Value> {
+        Vec::new()
+    }
+    fn disconnected(&mut self) {}
+}
+
+/// Keeps one monitor connection up (reconnecting with backoff, resynchronising each time).
+async fn run<H: Handler>(
+    upstreams: Vec<Active>,
+    timeout: Duration,
+    mut h: H,
+    mut pokes: mpsc::Receiver<String>,
+    shutdown: CancellationToken,
+) {
     let mut delay = Duration::from_millis(250);
     loop {
-        if let Ok((io, remote)) = connect_any(&cfg.upstreams, cfg.connect_timeout).await {
-            debug!(upstream = %remote, "monitor connected");
-            delay = Duration::from_millis(250);
-            let r = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = session(io, &shared) => r,
-            };
-            shared.cache.set_unsynced();
-            if let Err(e) = r {
-                warn!(error = %e, "port monitor lost; resynchronising");
+        match connect_any(&upstreams, timeout).await {
+            Ok((io, remote)) => {
+                debug!(upstream = %remote, monitor = h.label(), "monitor connected");
+                delay = Duration::from_millis(250);
+                let r = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = session(io, &mut h, &mut pokes) => r,
+                };
+                h.disconnected();
+                if let Err(e) = r {
+                    warn!(error = %e, monitor = h.label(), "monitor lost; resynchronising");
+                }
             }
+            Err(e) => debug!(error = %e, monitor = h.label(), "monitor cannot connect"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -66,129 +97,264 @@ pub(super) async fn run(cfg: Arc<Config>, shared: Arc<Shared>, shutdown: Cancell
     }
 }
 
-/// Reconciles in flight (by request id) and consecutive failures per row.
-#[derive(Default)]
-struct Reconciler {
-    next_id: u64,
-    in_flight: HashMap<u64, String>,
-    attempts: HashMap<String, u32>,
-}
-
-impl Reconciler {
-    fn busy(&self, uuid: &str) -> bool {
-        self.in_flight.values().any(|u| u == uuid)
-    }
-}
-
-async fn session(io: BoxIo, shared: &Shared) -> Result<(), MonitorError> {
+async fn session<H: Handler>(
+    io: BoxIo,
+    h: &mut H,
+    pokes: &mut mpsc::Receiver<String>,
+) -> Result<(), MonitorError> {
     let (mut r, mut w) = tokio::io::split(io);
-    let request = json!({
-        "method": "monitor_cond",
-        "params": [NB_DB, [MONITOR_ID, LSP_TABLE], {LSP_TABLE: [{"columns": COLUMNS}]}],
-        "id": MONITOR_REQ_ID,
-    });
+    let request = json!({"method": "monitor_cond", "params": h.monitor_params(), "id": MONITOR_REQ_ID});
     w.write_all(request.to_string().as_bytes()).await?;
     let mut codec = FrameCodec::new(usize::MAX);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut rec = Reconciler { next_id: MONITOR_REQ_ID + 1, ..Default::default() };
+    let mut next_id = MONITOR_REQ_ID + 1;
+    let mut sent: HashMap<u64, Value> = HashMap::new();
+    let mut synced = false;
     loop {
-        if r.read_buf(&mut buf).await? == 0 {
-            return Err(MonitorError::Closed);
-        }
-        while let Some(chunk) = codec.decode(&mut buf)? {
-            let Ok(msg) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
-            handle(&msg, shared, &mut rec, &mut w).await?;
-        }
-    }
-}
-
-async fn handle<W: AsyncWrite + Unpin>(
-    msg: &Value,
-    shared: &Shared,
-    rec: &mut Reconciler,
-    w: &mut W,
-) -> Result<(), MonitorError> {
-    let id = msg.get("id").unwrap_or(&Value::Null);
-    match msg.get("method").and_then(Value::as_str) {
-        // The server's inactivity probe: answer it, or it drops us.
-        Some("echo") if !id.is_null() => {
-            let reply =
-                json!({"id": id, "result": msg.get("params").cloned().unwrap_or(json!([])), "error": null});
-            w.write_all(reply.to_string().as_bytes()).await?;
-        }
-        Some("update2") => {
-            let touched =
-                msg.get("params").and_then(|p| p.get(1)).map(|u| shared.cache.apply(u)).unwrap_or_default();
-            for uuid in touched {
-                reconcile(&uuid, shared, rec, w).await?;
-            }
-        }
-        Some(_) => {}
-        None if id.as_u64() == Some(MONITOR_REQ_ID) => {
-            if let Some(err) = msg.get("error").filter(|e| !e.is_null()) {
-                return Err(MonitorError::Refused(err.to_string()));
-            }
-            let touched = shared.cache.reset(msg.get("result").unwrap_or(&Value::Null));
-            shared.metrics.monitor_resyncs.inc();
-            info!(ports = shared.cache.len(), "port cache synchronised");
-            for uuid in touched {
-                reconcile(&uuid, shared, rec, w).await?;
-            }
-        }
-        None => {
-            let Some(uuid) = id.as_u64().and_then(|n| rec.in_flight.remove(&n)) else { return Ok(()) };
-            let results = msg.get("result").and_then(Value::as_array).cloned().unwrap_or_default();
-            let failed = msg.get("error").is_some_and(|e| !e.is_null())
-                || results.iter().any(|r| r.get("error").is_some_and(|e| !e.is_null()));
-            if failed {
-                shared.metrics.reconciles.get_or_create(&[("outcome", "conflict")]).inc();
-                debug!(%uuid, reply = %msg, "reconcile lost a race; looking again");
-                let n = rec.attempts.entry(uuid.clone()).or_default();
-                *n += 1;
-                if *n < MAX_ATTEMPTS {
-                    reconcile(&uuid, shared, rec, w).await?;
+        let mut out = Vec::new();
+        tokio::select! {
+            n = r.read_buf(&mut buf) => {
+                if n? == 0 {
+                    return Err(MonitorError::Closed);
                 }
-            } else {
-                shared.metrics.reconciles.get_or_create(&[("outcome", "applied")]).inc();
-                rec.attempts.remove(&uuid);
+                while let Some(chunk) = codec.decode(&mut buf)? {
+                    let Ok(msg) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
+                    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+                    match msg.get("method").and_then(Value::as_str) {
+                        // The server's inactivity probe: answer it, or it drops us.
+                        Some("echo") if !id.is_null() => {
+                            let params = msg.get("params").cloned().unwrap_or(json!([]));
+                            let reply = json!({"id": id, "result": params, "error": null});
+                            w.write_all(reply.to_string().as_bytes()).await?;
+                        }
+                        Some("update2") => {
+                            if let Some(u) = msg.get("params").and_then(|p| p.get(1)) {
+                                out.extend(h.update(u));
+                            }
+                        }
+                        Some(_) => {}
+                        None if id.as_u64() == Some(MONITOR_REQ_ID) => {
+                            if let Some(err) = msg.get("error").filter(|e| !e.is_null()) {
+                                return Err(MonitorError::Refused(err.to_string()));
+                            }
+                            synced = true;
+                            out.extend(h.initial(msg.get("result").unwrap_or(&Value::Null)));
+                        }
+                        None => {
+                            if let Some(req) = id.as_u64().and_then(|n| sent.remove(&n)) {
+                                out.extend(h.reply(&req, &msg));
+                            }
+                        }
+                    }
+                }
+            }
+            Some(key) = pokes.recv(), if synced => out.extend(h.poke(key)),
+        }
+        for params in out {
+            let id = next_id;
+            next_id += 1;
+            let req = json!({"method": "transact", "params": params, "id": id});
+            w.write_all(req.to_string().as_bytes()).await?;
+            sent.insert(id, req);
+        }
+    }
+}
+
+/// Starts the NB monitor (always) and the SB monitor (with `--sb-db`).
+pub(super) fn spawn(
+    cfg: &super::Config,
+    shared: Arc<Shared>,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let (poke_tx, poke_rx) = mpsc::channel(1024);
+    let nb = NbHandler { shared: shared.clone(), in_flight: HashMap::new(), attempts: HashMap::new() };
+    tracker.spawn(run(cfg.upstreams.clone(), cfg.connect_timeout, nb, poke_rx, shutdown.clone()));
+    if !cfg.sb.is_empty() {
+        let sbh = SbHandler { shared, cache: SbCache::new(), finalize: poke_tx };
+        let (_never, idle) = mpsc::channel(1);
+        tracker.spawn(run(cfg.sb.clone(), cfg.connect_timeout, sbh, idle, shutdown));
+    }
+}
+
+struct NbHandler {
+    shared: Arc<Shared>,
+    /// Reconcile transactions in flight, by port uuid.
+    in_flight: HashMap<String, ()>,
+    /// Consecutive failed reconciles per port uuid.
+    attempts: HashMap<String, u32>,
+}
+
+impl NbHandler {
+    /// A conditional fix for a row, if the policy wants one and none is in flight.
+    fn reconcile(&mut self, before: Option<&LspState>, row: &LspState) -> Option<Value> {
+        if self.in_flight.contains_key(&row.uuid) {
+            return None;
+        }
+        let shared = &self.shared;
+        let view = shared.view();
+        let finalized = |p: &str, d: &str| crate::policy::LspView::finalized(&view, p, d);
+        let (ops, change) = plan_reconcile(before, row, &shared.policy, &finalized)?;
+        info!(
+            target: "ovn_nb_proxy::audit",
+            port = %change.port,
+            before = ?show_opts(&change.before),
+            after = ?show_opts(&change.after),
+            cause = %change.cause.as_str(),
+            client = "reconciler",
+            dry_run = shared.dry_run,
+            "reconcile"
+        );
+        if shared.dry_run {
+            shared.metrics.reconciles.get_or_create(&[("outcome", "dry_run")]).inc();
+            return None;
+        }
+        self.in_flight.insert(row.uuid.clone(), ());
+        let mut params = vec![json!(NB_DB)];
+        params.extend(ops);
+        Some(Value::Array(params))
+    }
+
+    fn touched(&mut self, touched: Vec<Touched>) -> Vec<Value> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for t in touched {
+            match &t.after {
+                Some(row) => {
+                    for stage in self.shared.timelines.observe_nb(row, &self.shared.policy, now) {
+                        info!(port = %row.name, stage = stage.as_str(), "migration");
+                    }
+                    out.extend(self.reconcile(t.before.as_ref(), row));
+                }
+                None => {
+                    if let Some(old) = &t.before {
+                        self.shared.timelines.forget(&old.name);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Handler for NbHandler {
+    fn label(&self) -> &'static str {
+        "nb"
+    }
+
+    fn monitor_params(&self) -> Value {
+        json!([NB_DB, ["ovn-nb-proxy", LSP_TABLE], {LSP_TABLE: [{"columns": COLUMNS}]}])
+    }
+
+    fn initial(&mut self, result: &Value) -> Vec<Value> {
+        self.in_flight.clear();
+        let touched = self.shared.cache.reset(result);
+        self.shared.metrics.monitor_resyncs.inc();
+        info!(ports = self.shared.cache.len(), "port cache synchronised");
+        self.touched(touched)
+    }
+
+    fn update(&mut self, updates: &Value) -> Vec<Value> {
+        let touched = self.shared.cache.apply(updates);
+        self.touched(touched)
+    }
+
+    fn reply(&mut self, request: &Value, reply: &Value) -> Vec<Value> {
+        // Which row: the wait op's `where` names it.
+        let uuid = request["params"][1]["where"][0][2][1].as_str().unwrap_or_default().to_string();
+        self.in_flight.remove(&uuid);
+        let results = reply.get("result").and_then(Value::as_array).cloned().unwrap_or_default();
+        let failed = reply.get("error").is_some_and(|e| !e.is_null())
+            || results.iter().any(|r| r.get("error").is_some_and(|e| !e.is_null()));
+        if !failed {
+            self.shared.metrics.reconciles.get_or_create(&[("outcome", "applied")]).inc();
+            self.attempts.remove(&uuid);
+            return Vec::new();
+        }
+        self.shared.metrics.reconciles.get_or_create(&[("outcome", "conflict")]).inc();
+        debug!(%uuid, %reply, "reconcile lost a race; looking again");
+        let n = self.attempts.entry(uuid.clone()).or_default();
+        *n += 1;
+        if *n >= MAX_ATTEMPTS {
+            warn!(%uuid, "reconcile keeps losing races; waiting for the next change");
+            return Vec::new();
+        }
+        let Some(row) = crate::policy::LspView::by_uuid(&*self.shared.cache, &uuid) else {
+            return Vec::new();
+        };
+        self.reconcile(None, &row).into_iter().collect()
+    }
+
+    /// The SB showed the destination of `port` activated: finish the migration.
+    fn poke(&mut self, port: String) -> Vec<Value> {
+        let Some(row) = crate::policy::LspView::by_name(&*self.shared.cache, &port) else {
+            return Vec::new();
+        };
+        self.reconcile(Some(&row), &row).into_iter().collect()
+    }
+
+    fn disconnected(&mut self) {
+        self.shared.cache.set_unsynced();
+        self.in_flight.clear();
+    }
+}
+
+struct SbHandler {
+    shared: Arc<Shared>,
+    cache: SbCache,
+    finalize: mpsc::Sender<String>,
+}
+
+impl SbHandler {
+    fn touched(&mut self, ports: Vec<String>) {
+        let now = SystemTime::now();
+        let aliases = self.cache.aliases();
+        for port in ports {
+            let Some(binding) = self.cache.binding(&port) else { continue };
+            for stage in self.shared.timelines.observe_sb(&port, &binding, &aliases, now) {
+                info!(%port, stage = stage.as_str(), "migration");
+                let Some(m) = self.shared.timelines.get(&port) else { continue };
+                if stage == Stage::SingleChassis {
+                    if let Some(d) = m.elapsed_to(Stage::SingleChassis) {
+                        self.shared.metrics.migration_seconds.observe(d.as_secs_f64());
+                    }
+                }
+                if stage == Stage::Activated && self.shared.finalize && m.phase == Phase::InProgress {
+                    self.shared.timelines.mark_finalized(&port, now);
+                    info!(%port, destination = %m.destination, "destination activated: finishing the migration");
+                    if self.finalize.try_send(port.clone()).is_err() {
+                        warn!(%port, "finalize queue full; the next change of the port finishes it");
+                    }
+                }
             }
         }
     }
-    Ok(())
 }
 
-/// Sends a conditional fix for `uuid` if the policy wants one and none is in flight.
-async fn reconcile<W: AsyncWrite + Unpin>(
-    uuid: &str,
-    shared: &Shared,
-    rec: &mut Reconciler,
-    w: &mut W,
-) -> Result<(), MonitorError> {
-    if rec.busy(uuid) {
-        return Ok(());
+impl Handler for SbHandler {
+    fn label(&self) -> &'static str {
+        "sb"
     }
-    let Some(row) = shared.cache.by_uuid(uuid) else { return Ok(()) };
-    let Some((ops, change)) = plan_reconcile(&row, &shared.policy) else { return Ok(()) };
-    info!(
-        target: "ovn_nb_proxy::audit",
-        port = %change.port,
-        before = ?show_opts(&change.before),
-        after = ?show_opts(&change.after),
-        cause = %change.cause.as_str(),
-        client = "reconciler",
-        dry_run = shared.dry_run,
-        "reconcile"
-    );
-    if shared.dry_run {
-        shared.metrics.reconciles.get_or_create(&[("outcome", "dry_run")]).inc();
-        return Ok(());
+
+    fn monitor_params(&self) -> Value {
+        json!(["OVN_Southbound", ["ovn-nb-proxy", "sb"], sb::monitor_requests()])
     }
-    let id = rec.next_id;
-    rec.next_id += 1;
-    let mut params = vec![json!(NB_DB)];
-    params.extend(ops);
-    let req = json!({"method": "transact", "params": params, "id": id});
-    w.write_all(req.to_string().as_bytes()).await?;
-    rec.in_flight.insert(id, uuid.to_string());
-    Ok(())
+
+    fn initial(&mut self, result: &Value) -> Vec<Value> {
+        self.cache.clear();
+        let ports = self.cache.apply(result);
+        info!(bindings = ports.len(), "southbound view synchronised");
+        self.touched(ports);
+        Vec::new()
+    }
+
+    fn update(&mut self, updates: &Value) -> Vec<Value> {
+        let ports = self.cache.apply(updates);
+        self.touched(ports);
+        Vec::new()
+    }
+
+    fn reply(&mut self, _request: &Value, _reply: &Value) -> Vec<Value> {
+        Vec::new()
+    }
 }

@@ -212,7 +212,7 @@ impl Tap for ClientTap<'_> {
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return raw;
         }
-        let Some(ins) = inspect_request(&raw, &*shared.cache, &shared.policy) else { return raw };
+        let Some(ins) = inspect_request(&raw, &shared.view(), &shared.policy) else { return raw };
         shared.metrics.transactions.inc();
         for skip in &ins.plan.skips {
             shared.metrics.skips.get_or_create(&[("reason", skip.reason.as_str())]).inc();

@@ -31,6 +31,8 @@ pub struct Proxy {
     child: Child,
     pub dir: tempfile::TempDir,
     pub unix: PathBuf,
+    /// The `ovs-appctl` control socket.
+    pub ctl: PathBuf,
     pub tcp_port: u16,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -39,10 +41,12 @@ impl Proxy {
     pub fn start(upstream: &str, extra: &[&str]) -> Proxy {
         let dir = tempfile::Builder::new().prefix("nbproxy-proxy.").tempdir().expect("temp dir");
         let unix = dir.path().join("proxy.sock");
+        let ctl = dir.path().join("ctl.sock");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy"))
             .arg(format!("--upstream={upstream}"))
             .arg(format!("--listen=punix:{}", unix.display()))
             .arg("--listen=ptcp:0")
+            .arg(format!("--unixctl={}", ctl.display()))
             .args(["--log", "ovn_nb_proxy=debug"])
             .args(extra)
             .stdin(Stdio::null())
@@ -58,7 +62,7 @@ impl Proxy {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        let mut proxy = Proxy { child, dir, unix, tcp_port: 0, log };
+        let mut proxy = Proxy { child, dir, unix, ctl, tcp_port: 0, log };
         let line = proxy.wait_log("listen=ptcp:", Duration::from_secs(10));
         proxy.tcp_port = line
             .split("listen=ptcp:")
@@ -97,6 +101,17 @@ impl Proxy {
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `ovs-appctl -t CTL ARGS…`: its output, or its error text.
+    pub fn appctl(&self, args: &[&str]) -> Result<String, String> {
+        let exe = ovn_nb_proxy::sandbox::require("ovs-appctl").unwrap_or_else(|e| panic!("{e:#}"));
+        let out = Command::new(exe).arg("-t").arg(&self.ctl).args(args).output().expect("run ovs-appctl");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
     }
 

@@ -1,0 +1,180 @@
+//! The commands of the `ovs-appctl` control socket (`--unixctl PATH`). OVS's unixctl protocol
+//! is JSON-RPC 1.0 over a unix socket: requests carry string arguments, replies carry a string
+//! `result` or a string `error`. `jsonrpc-core` dispatches; `reply` reshapes its answers into
+//! what `ovs-appctl` accepts. No sockets here: `proxy::unixctl` owns them.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use jsonrpc_core::{Error, IoHandler, Params, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Shared;
+
+/// Command, argument synopsis.
+const COMMANDS: &[(&str, &str)] = &[
+    ("exit", ""),
+    ("list-commands", ""),
+    ("version", ""),
+    ("proxy/show", ""),
+    ("metrics/show", ""),
+    ("migrations/list", ""),
+    ("migrations/show", "PORT"),
+];
+
+/// What `proxy/show` reports besides the shared state.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyInfo {
+    pub listeners: Vec<String>,
+    pub upstreams: Vec<String>,
+    pub sb: Vec<String>,
+    pub dry_run: bool,
+    pub finalize: bool,
+}
+
+fn args(p: Params) -> Vec<String> {
+    match p {
+        Params::Array(a) => {
+            a.into_iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn text(s: String) -> Result<Value, Error> {
+    Ok(Value::String(s))
+}
+
+fn fail(msg: String) -> Error {
+    Error { code: jsonrpc_core::ErrorCode::InvalidParams, message: msg, data: None }
+}
+
+/// The command table, bound to the proxy's state.
+pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken) -> IoHandler {
+    let mut io = IoHandler::new();
+    io.add_sync_method("exit", move |_| {
+        shutdown.cancel();
+        text(String::new())
+    });
+    io.add_sync_method("list-commands", |_| {
+        let mut out = String::from("The available commands are:\n");
+        for (cmd, syn) in COMMANDS {
+            out.push_str(&format!("  {cmd:<24}{syn}\n"));
+        }
+        text(out)
+    });
+    io.add_sync_method("version", |_| text(format!("ovn-nb-proxy {}\n", env!("CARGO_PKG_VERSION"))));
+    let s = shared.clone();
+    io.add_sync_method("proxy/show", move |_| {
+        let m = &s.metrics;
+        let mut out = String::new();
+        out.push_str(&format!("listeners: {}\n", info.listeners.join(" ")));
+        out.push_str(&format!("upstream: {}\n", info.upstreams.join(",")));
+        let sb = if info.sb.is_empty() { "(not watched)".to_string() } else { info.sb.join(",") };
+        out.push_str(&format!("southbound: {sb}\n"));
+        out.push_str(&format!("sessions: {} open, {} total\n", m.sessions_open.get(), m.sessions.get()));
+        let synced = if s.cache.is_synced() { "synchronised" } else { "not synchronised" };
+        out.push_str(&format!("port cache: {} ports, {synced}\n", s.cache.len()));
+        out.push_str(&format!("migrations in progress: {}\n", s.timelines.in_progress()));
+        out.push_str(&format!("dry run: {}, finalize on activation: {}\n", info.dry_run, info.finalize));
+        text(out)
+    });
+    let s = shared.clone();
+    io.add_sync_method("metrics/show", move |_| text(s.metrics.encode()));
+    let s = shared.clone();
+    io.add_sync_method("migrations/list", move |_| text(s.timelines.render_list(SystemTime::now())));
+    let s = shared;
+    io.add_sync_method("migrations/show", move |p| {
+        let a = args(p);
+        let [port] = a.as_slice() else { return Err(fail("usage: migrations/show PORT".into())) };
+        s.timelines
+            .render_show(port)
+            .map(text)
+            .unwrap_or_else(|| Err(fail(format!("no migration of port {port}"))))
+    });
+    io
+}
+
+/// Handles one request as `ovs-appctl` sends it and shapes the reply as OVS's unixctl server
+/// does: `{"id":…,"result":"text","error":null}` or `{"id":…,"result":null,"error":"text"}`.
+/// `None` for a notification (no reply) or a message that is not a request.
+///
+/// jsonrpc-core only dispatches JSON-RPC 2.0 calls, and its ids cannot hold every JSON value,
+/// so the call is rebuilt as a 2.0 call internally and the client's own id is put back on the
+/// reply; nothing of that reaches the wire.
+pub fn reply(io: &IoHandler, request: &str) -> Option<String> {
+    let req: serde_json::Value = serde_json::from_str(request).ok()?;
+    let id = req.get("id").filter(|i| !i.is_null())?.clone();
+    let method = req.get("method")?.as_str()?.to_string();
+    let params = match req.get("params") {
+        Some(a @ serde_json::Value::Array(_)) => a.clone(),
+        _ => serde_json::json!([]),
+    };
+    let call = serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 0});
+    let out: serde_json::Value = serde_json::from_str(&io.handle_request_sync(&call.to_string())?).ok()?;
+    let shaped = match out.get("error") {
+        Some(e) => {
+            let msg = if e["code"] == serde_json::json!(-32601) {
+                format!("\"{method}\" is not a valid command (use \"list-commands\" to see a list of valid commands)")
+            } else {
+                e["message"].as_str().unwrap_or("error").to_string()
+            };
+            serde_json::json!({"id": id, "result": null, "error": msg})
+        }
+        None => {
+            serde_json::json!({"id": id, "result": out.get("result").cloned().unwrap_or_default(), "error": null})
+        }
+    };
+    Some(shaped.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::LspCache;
+    use crate::metrics::Metrics;
+    use crate::policy::PolicyConfig;
+    use crate::timeline::Timelines;
+
+    fn io() -> (IoHandler, CancellationToken) {
+        let shared = Arc::new(Shared {
+            cache: Arc::new(LspCache::new()),
+            timelines: Timelines::new(),
+            policy: PolicyConfig::default(),
+            dry_run: false,
+            finalize: false,
+            metrics: Arc::new(Metrics::new()),
+        });
+        let stop = CancellationToken::new();
+        (handler(shared, ProxyInfo::default(), stop.clone()), stop)
+    }
+
+    #[test]
+    fn replies_are_shaped_like_ovs_unixctl() {
+        let (io, stop) = io();
+        let v: serde_json::Value =
+            serde_json::from_str(&reply(&io, r#"{"id":0,"method":"version","params":[]}"#).expect("reply"))
+                .expect("json");
+        assert_eq!(v["id"], 0);
+        assert!(v["result"].as_str().expect("string").starts_with("ovn-nb-proxy "));
+        assert!(v["error"].is_null());
+        let v: serde_json::Value =
+            serde_json::from_str(&reply(&io, r#"{"id":1,"method":"nope","params":[]}"#).expect("reply"))
+                .expect("json");
+        assert!(v["result"].is_null());
+        assert!(v["error"].as_str().expect("string error").contains("\"nope\" is not a valid command"));
+        let v: serde_json::Value = serde_json::from_str(
+            &reply(&io, r#"{"id":2,"method":"migrations/show","params":["vm1"]}"#).expect("reply"),
+        )
+        .expect("json");
+        assert_eq!(v["error"], "no migration of port vm1");
+        let v: serde_json::Value = serde_json::from_str(
+            &reply(&io, r#"{"id":3,"method":"list-commands","params":[]}"#).expect("reply"),
+        )
+        .expect("json");
+        assert!(v["result"].as_str().expect("text").contains("migrations/show"));
+        assert!(!stop.is_cancelled());
+        reply(&io, r#"{"id":4,"method":"exit","params":[]}"#).expect("reply");
+        assert!(stop.is_cancelled());
+    }
+}

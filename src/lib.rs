@@ -8,9 +8,11 @@
 pub mod cache;
 pub mod control;
 pub mod demo;
+pub mod lab;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod record;
 pub mod remote;
 pub mod rewrite;
 pub mod sandbox;

@@ -65,6 +65,12 @@ struct RunArgs {
     /// Control socket for ovs-appctl -t PATH.
     #[arg(long, value_name = "PATH")]
     unixctl: Option<std::path::PathBuf>,
+    /// Write one transcript per client session into DIR (see `replay`).
+    #[arg(long, value_name = "DIR")]
+    record: Option<std::path::PathBuf>,
+    /// Size cap of one transcript file.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    record_max_bytes: u64,
 }
 
 fn init_logging(filter: Option<&str>, default: &str) {
@@ -109,6 +115,8 @@ fn config(args: RunArgs) -> Result<Config> {
         bail!("finalize on activation needs --sb-db: the proxy learns of the activation from the Southbound");
     }
     cfg.unixctl = args.unixctl;
+    cfg.record =
+        args.record.map(|dir| ovn_nb_proxy::record::RecordConfig { dir, max_bytes: args.record_max_bytes });
     cfg.max_sessions = args.max_sessions;
     cfg.max_frame = args.max_frame_size;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub sessions: Counter,
     pub frame_too_large: Counter,
     pub transactions: Counter,
+    pub messages_c2s: Counter,
+    pub messages_s2c: Counter,
+    pub bytes_c2s: Counter,
+    pub bytes_s2c: Counter,
     pub rewrites: Family<Label, Counter>,
     pub skips: Family<Label, Counter>,
     pub reconciles: Family<Label, Counter>,
@@ -32,6 +36,10 @@ impl Default for Metrics {
             sessions: Counter::default(),
             frame_too_large: Counter::default(),
             transactions: Counter::default(),
+            messages_c2s: Counter::default(),
+            messages_s2c: Counter::default(),
+            bytes_c2s: Counter::default(),
+            bytes_s2c: Counter::default(),
             rewrites: Family::default(),
             skips: Family::default(),
             reconciles: Family::default(),
@@ -55,6 +63,14 @@ impl Metrics {
             "Clients disconnected for a message over --max-frame-size",
             m.frame_too_large.clone(),
         );
+        let messages = Family::<Label, Counter>::default();
+        m.messages_c2s = messages.get_or_create(&[("direction", "client_to_server")]).clone();
+        m.messages_s2c = messages.get_or_create(&[("direction", "server_to_client")]).clone();
+        r.register("messages", "Messages relayed, by direction", messages);
+        let bytes = Family::<Label, Counter>::default();
+        m.bytes_c2s = bytes.get_or_create(&[("direction", "client_to_server")]).clone();
+        m.bytes_s2c = bytes.get_or_create(&[("direction", "server_to_client")]).clone();
+        r.register("bytes", "Bytes relayed, by direction", bytes);
         r.register("transactions", "transact requests seen on Logical_Switch_Port", m.transactions.clone());
         r.register("rewrites", "Port rewrites made in client transactions, by cause", m.rewrites.clone());
         r.register("skips", "Tagged ports left alone, by reason", m.skips.clone());

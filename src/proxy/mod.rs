@@ -52,6 +52,8 @@ pub struct Config {
     pub finalize_on_activation: bool,
     /// The `ovs-appctl` control socket.
     pub unixctl: Option<std::path::PathBuf>,
+    /// Session transcripts.
+    pub record: Option<crate::record::RecordConfig>,
 }
 
 /// What every session and the monitors share.
@@ -85,6 +87,7 @@ impl Config {
             sb: Vec::new(),
             finalize_on_activation: false,
             unixctl: None,
+            record: None,
         }
     }
 }
@@ -179,7 +182,7 @@ impl Proxy {
                         async move {
                             shared.metrics.sessions.inc();
                             shared.metrics.sessions_open.inc();
-                            session::run(io, &peer, &cfg, &shared, shutdown).await;
+                            session::run(io, id, &peer, &cfg, &shared, shutdown).await;
                             shared.metrics.sessions_open.dec();
                             drop(permit);
                         }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::upstream::{connect_any, BoxIo};
 use super::{Config, Shared};
+use crate::record::Recorder;
 use crate::rewrite::{cancelled_id, fix_reply, inspect_request, show_opts, PendingMap};
 use crate::wire::{Chunk, FrameCodec, FrameError};
 
@@ -67,6 +68,7 @@ fn log_end(dir: &str, r: &Result<(), RelayError>) {
 
 pub(super) async fn run(
     client: BoxIo,
+    id: u64,
     peer: &str,
     cfg: &Config,
     shared: &Shared,
@@ -86,10 +88,17 @@ pub(super) async fn run(
     let (ur, uw) = tokio::io::split(upstream);
     // Replies the session must trim, shared by the two directions; never held across an await.
     let pending = Mutex::new(PendingMap::new());
-    let client_tap = ClientTap { shared, pending: &pending, peer };
+    let tape = cfg.record.as_ref().and_then(|rc| match Recorder::create(rc, id, peer) {
+        Ok(r) => Some(Mutex::new(r)),
+        Err(e) => {
+            warn!(error = %e, dir = %rc.dir.display(), "cannot record this session");
+            None
+        }
+    });
+    let client_tap = ClientTap { shared, pending: &pending, peer, tape: tape.as_ref() };
+    let server_tap = ServerTap { shared, pending: &pending, tape: tape.as_ref() };
     let mut up = pin!(pump(cr, uw, FrameCodec::new(cfg.max_frame), CLIENT_TO_SERVER, client_tap));
-    let mut down =
-        pin!(pump(ur, cw, FrameCodec::new(usize::MAX), SERVER_TO_CLIENT, ServerTap { pending: &pending }));
+    let mut down = pin!(pump(ur, cw, FrameCodec::new(usize::MAX), SERVER_TO_CLIENT, server_tap));
     tokio::select! {
         r = &mut up => {
             if matches!(r, Err(RelayError::ClientFrame(FrameError::TooLarge { .. }))) {
@@ -105,7 +114,7 @@ pub(super) async fn run(
             }
         }
         r = &mut down => log_end("server→client", &r),
-        _ = shutdown.cancelled() => info!("proxy stopping: session closed"),
+        _ = shutdown.cancelled() => info!("proxy stopping: session closed at the end of the grace period"),
     }
     debug!("session closed");
 }
@@ -202,17 +211,46 @@ struct ClientTap<'a> {
     shared: &'a Shared,
     pending: &'a Mutex<PendingMap>,
     peer: &'a str,
+    tape: Option<&'a Mutex<Recorder>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Tap for ClientTap<'_> {
     fn forward(&mut self, chunk: Chunk) -> Bytes {
+        let m = &self.shared.metrics;
+        m.messages_c2s.inc();
+        m.bytes_c2s.inc_by(chunk.bytes().len() as u64);
         let Chunk::Message(raw) = chunk else { return chunk.bytes().clone() };
-        let shared = self.shared;
-        if let Some(id) = cancelled_id(&raw) {
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            return raw;
+        match self.rewrite(&raw) {
+            Some((sent, changes)) => {
+                if let Some(tape) = self.tape {
+                    locked(tape).client(&sent, Some(&raw), &changes);
+                }
+                sent
+            }
+            None => {
+                if let Some(tape) = self.tape {
+                    locked(tape).client(&raw, None, &[]);
+                }
+                raw
+            }
         }
-        let Some(ins) = inspect_request(&raw, &shared.view(), &shared.policy) else { return raw };
+    }
+}
+
+impl ClientTap<'_> {
+    /// The policy's rewrite of one client message, with the changes made; `None`: forward it
+    /// as it came.
+    fn rewrite(&mut self, raw: &[u8]) -> Option<(Bytes, Vec<crate::policy::Change>)> {
+        let shared = self.shared;
+        if let Some(id) = cancelled_id(raw) {
+            locked(self.pending).remove(&id);
+            return None;
+        }
+        let ins = inspect_request(raw, &shared.view(), &shared.policy)?;
         shared.metrics.transactions.inc();
         for skip in &ins.plan.skips {
             shared.metrics.skips.get_or_create(&[("reason", skip.reason.as_str())]).inc();
@@ -222,7 +260,7 @@ impl Tap for ClientTap<'_> {
             debug!(op = ?u.op, what = u.what, "transaction not understood by the policy: forwarded as is");
         }
         if ins.plan.changes.is_empty() {
-            return raw;
+            return None;
         }
         for c in &ins.plan.changes {
             shared.metrics.rewrites.get_or_create(&[("cause", c.cause.as_str())]).inc();
@@ -238,35 +276,43 @@ impl Tap for ClientTap<'_> {
             );
         }
         if shared.dry_run {
-            return raw;
+            return None;
         }
-        match ins.rewritten() {
-            Some(bytes) => {
-                if let Some((id, p)) = ins.pending() {
-                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, p);
-                }
-                bytes
-            }
-            None => raw,
+        let bytes = ins.rewritten()?;
+        if let Some((id, p)) = ins.pending() {
+            locked(self.pending).insert(id, p);
         }
+        Some((bytes, ins.plan.changes))
     }
 }
 
 /// Server to client: streamed as scanned, never holding a whole message, except while a reply
 /// must be trimmed: then whole messages, so the awaited reply can be fixed.
 struct ServerTap<'a> {
+    shared: &'a Shared,
     pending: &'a Mutex<PendingMap>,
+    tape: Option<&'a Mutex<Recorder>>,
 }
 
 impl Tap for ServerTap<'_> {
     fn prepare(&mut self, codec: &mut FrameCodec) {
-        let waiting = !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let waiting = !locked(self.pending).is_empty();
         codec.set_streaming(!waiting);
     }
 
     fn forward(&mut self, chunk: Chunk) -> Bytes {
-        let Chunk::Message(raw) = chunk else { return chunk.bytes().clone() };
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        fix_reply(&raw, &mut pending).unwrap_or(raw)
+        let m = &self.shared.metrics;
+        if !matches!(chunk, Chunk::Partial(_)) {
+            m.messages_s2c.inc();
+        }
+        m.bytes_s2c.inc_by(chunk.bytes().len() as u64);
+        let sent = match &chunk {
+            Chunk::Message(raw) => fix_reply(raw, &mut locked(self.pending)).unwrap_or_else(|| raw.clone()),
+            other => other.bytes().clone(),
+        };
+        if let Some(tape) = self.tape {
+            locked(tape).server(&chunk, &sent);
+        }
+        sent
     }
 }

@@ -20,16 +20,36 @@ const COMMANDS: &[(&str, &str)] = &[
     ("metrics/show", ""),
     ("migrations/list", ""),
     ("migrations/show", "PORT"),
+    ("memory/show", ""),
+    ("vlog/list", ""),
+    ("vlog/set", "FILTER"),
 ];
 
+/// Resident set size from /proc, in kB.
+fn rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Run-time control of the log filter (`vlog/set`, `vlog/list`), provided by the binary,
+/// which owns the tracing subscriber.
+pub trait LogControl: Send + Sync {
+    /// Replaces the filter (tracing `EnvFilter` syntax, e.g. `info,ovn_nb_proxy=debug`).
+    fn set(&self, filter: &str) -> Result<(), String>;
+    /// The filter in force.
+    fn current(&self) -> String;
+}
+
 /// What `proxy/show` reports besides the shared state.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ProxyInfo {
     pub listeners: Vec<String>,
     pub upstreams: Vec<String>,
     pub sb: Vec<String>,
     pub dry_run: bool,
     pub finalize: bool,
+    pub log: Option<Arc<dyn LogControl>>,
 }
 
 fn args(p: Params) -> Vec<String> {
@@ -65,6 +85,31 @@ pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken
     });
     io.add_sync_method("version", |_| text(format!("ovn-nb-proxy {}\n", env!("CARGO_PKG_VERSION"))));
     let s = shared.clone();
+    io.add_sync_method("memory/show", move |_| {
+        text(format!(
+            "rss_kb:{} ports:{} sessions:{} migrations:{}\n",
+            rss_kb().map(|k| k.to_string()).unwrap_or_else(|| "?".into()),
+            s.cache.len(),
+            s.metrics.sessions_open.get(),
+            s.timelines.all().len()
+        ))
+    });
+    let log = info.log.clone();
+    io.add_sync_method("vlog/list", move |_| match &log {
+        Some(l) => text(format!("{}\n", l.current())),
+        None => Err(fail("log control is not available".into())),
+    });
+    let log = info.log.clone();
+    io.add_sync_method("vlog/set", move |p| {
+        let a = args(p);
+        let Some(l) = &log else { return Err(fail("log control is not available".into())) };
+        if a.is_empty() {
+            return Err(fail("usage: vlog/set FILTER (e.g. info,ovn_nb_proxy=debug)".into()));
+        }
+        l.set(&a.join(",")).map_err(fail)?;
+        text(String::new())
+    });
+    let s = shared.clone();
     io.add_sync_method("proxy/show", move |_| {
         let m = &s.metrics;
         let mut out = String::new();
@@ -80,7 +125,7 @@ pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken
         text(out)
     });
     let s = shared.clone();
-    io.add_sync_method("metrics/show", move |_| text(s.metrics.encode()));
+    io.add_sync_method("metrics/show", move |_| text(s.encode_metrics()));
     let s = shared.clone();
     io.add_sync_method("migrations/list", move |_| text(s.timelines.render_list(SystemTime::now())));
     let s = shared;
@@ -131,20 +176,10 @@ pub fn reply(io: &IoHandler, request: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::LspCache;
-    use crate::metrics::Metrics;
     use crate::policy::PolicyConfig;
-    use crate::timeline::Timelines;
 
     fn io() -> (IoHandler, CancellationToken) {
-        let shared = Arc::new(Shared {
-            cache: Arc::new(LspCache::new()),
-            timelines: Timelines::new(),
-            policy: PolicyConfig::default(),
-            dry_run: false,
-            finalize: false,
-            metrics: Arc::new(Metrics::new()),
-        });
+        let shared = Arc::new(Shared::new(PolicyConfig::default(), false, false));
         let stop = CancellationToken::new();
         (handler(shared, ProxyInfo::default(), stop.clone()), stop)
     }

@@ -133,10 +133,14 @@ impl Daemon {
     /// Starts `prog` with its log, pidfile and control socket in `dir`.
     fn spawn(dir: &Path, prog: &str, args: &[String], database: bool) -> Result<Daemon> {
         let stderr = File::create(dir.join(format!("{prog}.stderr")))?;
-        let child = sandbox_env(&mut Command::new(need(prog)?), dir)
+        let mut cmd = Command::new(need(prog)?);
+        // ovn-controller has no --unixctl: its socket is OVN_RUNDIR/ovn-controller.PID.ctl.
+        if prog != "ovn-controller" {
+            cmd.arg(format!("--unixctl={}", control_socket(dir, prog).display()));
+        }
+        let child = sandbox_env(&mut cmd, dir)
             .arg(format!("--log-file={}", dir.join(format!("{prog}.log")).display()))
             .arg(format!("--pidfile={}", dir.join(format!("{prog}.pid")).display()))
-            .arg(format!("--unixctl={}", control_socket(dir, prog).display()))
             .args(["-vconsole:off", "--no-chdir"])
             .args(args)
             .stdin(Stdio::null())
@@ -383,7 +387,7 @@ impl OvnLab {
         let log = dir.join("ovsdb-server.log");
         self.wait_for(&format!("{} listening", sock.display()), || {
             let port = sandbox::parse_listening_port(&std::fs::read_to_string(&log).unwrap_or_default());
-            (sock.exists() && (port.is_some() || !tcp)).then_some(port)
+            (accepts(&sock) && (port.is_some() || !tcp)).then_some(port)
         })
     }
 
@@ -405,7 +409,7 @@ impl OvnLab {
         let args = ["--enable-dummy=system".to_string(), "--disable-system-route".into(), db];
         self.spawn(dir, "ovs-vswitchd", &args, false)?;
         let sock = control_socket(dir, "ovs-vswitchd");
-        self.wait_for("ovs-vswitchd control socket", || sock.exists().then_some(()))
+        self.wait_for("ovs-vswitchd control socket", || accepts(&sock).then_some(()))
     }
 
     /// The "main" switch: bridge `n1` with one listening stream port per hypervisor.
@@ -480,6 +484,11 @@ impl Drop for OvnLab {
         terminate(&mut others);
         terminate(&mut dbs);
     }
+}
+
+/// Whether a unix socket accepts connections (its file appears at bind(), before listen()).
+fn accepts(sock: &Path) -> bool {
+    UnixStream::connect(sock).is_ok()
 }
 
 fn mkdir(parent: &Path, name: &str) -> Result<PathBuf> {

@@ -1,5 +1,6 @@
 //! Command line: OVS-style flags, `anyhow` at the edge.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -25,12 +26,26 @@ struct Cli {
     /// Log filter, e.g. `info` or `ovn_nb_proxy=debug` (default: $RUST_LOG, else `info`).
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+    /// Log line format: `text` or `json` (one JSON object per line, for log shippers).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Start a throw-away NB database with the proxy in front and drive ovn-nbctl through it.
     Demo,
+    /// Validate a policy config file (unknown keys are errors); exit non-zero naming the problem.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -71,19 +86,61 @@ struct RunArgs {
     /// Size cap of one transcript file.
     #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
     record_max_bytes: u64,
+    /// Prometheus metrics and health endpoint: ADDR:PORT (/metrics, /healthz, /readyz).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Seconds open sessions may run on after SIGTERM before they are closed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    drain_grace: u64,
 }
 
-fn init_logging(filter: Option<&str>, default: &str) {
-    let filter = match filter {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
-    };
+/// The tracing filter behind a reload handle, for `ovs-appctl vlog/set` and `vlog/list`.
+struct Reloadable {
+    handle: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    current: std::sync::Mutex<String>,
+}
+
+impl ovn_nb_proxy::control::LogControl for Reloadable {
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = EnvFilter::try_new(filter).map_err(|e| format!("bad filter {filter:?}: {e}"))?;
+        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_string();
+        Ok(())
+    }
+
+    fn current(&self) -> String {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) -> Arc<Reloadable> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    use tracing_subscriber::prelude::*;
+    let text = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.into());
+    let env = EnvFilter::try_new(&text).unwrap_or_else(|_| EnvFilter::new(default));
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(env);
+    let registry = tracing_subscriber::registry().with(layer);
+    match format {
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init()
+        }
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+    }
+    Arc::new(Reloadable { handle, current: std::sync::Mutex::new(text) })
+}
+
+fn load_policy(path: &std::path::Path) -> Result<ovn_nb_proxy::policy::FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ovn_nb_proxy::policy::load_toml(&text).with_context(|| format!("in {}", path.display()))
 }
 
 fn config(args: RunArgs) -> Result<Config> {
@@ -101,11 +158,10 @@ fn config(args: RunArgs) -> Result<Config> {
     }
     let mut cfg = Config::new(upstreams, listen);
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let file =
-            ovn_nb_proxy::policy::load_toml(&text).with_context(|| format!("in {}", path.display()))?;
-        cfg.policy = file.migration;
+        cfg.policy = load_policy(path)?.migration;
     }
+    cfg.metrics = args.metrics;
+    cfg.drain_grace = Duration::from_secs(args.drain_grace);
     cfg.dry_run = args.dry_run;
     if let Some(sb) = &args.sb_db {
         cfg.sb = parse_upstreams(sb).context("--sb-db")?;
@@ -123,18 +179,48 @@ fn config(args: RunArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
+/// SIGINT or SIGTERM: cancel `token` (stop accepting, drain); a second one: exit at once.
 fn cancel_on_signals(token: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut seen = false;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if seen {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+            seen = true;
+            tracing::info!(
+                "signal received: no new sessions, draining the open ones (a second signal exits at once)"
+            );
+            token.cancel();
         }
-        tracing::info!("signal received, stopping");
-        token.cancel();
+    });
+    Ok(())
+}
+
+/// SIGHUP: re-read the policy config file; a bad file is logged and the running config kept.
+fn reload_on_sighup(path: std::path::PathBuf, shared: Arc<ovn_nb_proxy::proxy::Shared>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match load_policy(&path) {
+                Ok(file) => {
+                    shared.set_policy(file.migration);
+                    tracing::info!(config = %path.display(), "config reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(config = %path.display(), error = %format!("{e:#}"), "config reload failed; keeping the running config")
+                }
+            }
+        }
     });
     Ok(())
 }
@@ -144,14 +230,24 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; the proxy's log would drown it unless asked for.
     let default_filter = if matches!(cli.command, Some(Command::Demo)) { "warn" } else { "info" };
-    init_logging(cli.log.as_deref(), default_filter);
+    let log = init_logging(cli.log.as_deref(), default_filter, cli.log_format);
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
     match cli.command {
         Some(Command::Demo) => ovn_nb_proxy::demo::run(shutdown).await,
+        Some(Command::CheckConfig { config }) => {
+            load_policy(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
         None => {
-            let cfg = config(cli.run)?;
+            let config_path = cli.run.config.clone();
+            let mut cfg = config(cli.run)?;
+            cfg.log_control = Some(log);
             let proxy = Proxy::bind(cfg).await?;
+            if let Some(path) = config_path {
+                reload_on_sighup(path, proxy.shared())?;
+            }
             proxy.serve(shutdown).await;
             Ok(())
         }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub skips: Family<Label, Counter>,
     pub reconciles: Family<Label, Counter>,
     pub monitor_resyncs: Counter,
+    pub upstream_reconnects: Counter,
+    pub migrations_in_progress: Gauge,
     /// Tagged → single chassis again, from the SB timeline (only with `--sb-db`).
     pub migration_seconds: Histogram,
     registry: Registry,
@@ -44,6 +46,8 @@ impl Default for Metrics {
             skips: Family::default(),
             reconciles: Family::default(),
             monitor_resyncs: Counter::default(),
+            upstream_reconnects: Counter::default(),
+            migrations_in_progress: Gauge::default(),
             migration_seconds: Histogram::new(
                 [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0].into_iter(),
             ),
@@ -79,6 +83,21 @@ impl Metrics {
             "monitor_resyncs",
             "Initial monitor replies loaded into the port cache",
             m.monitor_resyncs.clone(),
+        );
+        r.register(
+            "upstream_reconnects",
+            "Reconnections of the proxy's own monitor connections after a loss",
+            m.upstream_reconnects.clone(),
+        );
+        r.register(
+            "migrations_in_progress",
+            "Ports whose tags say a migration is in progress",
+            m.migrations_in_progress.clone(),
+        );
+        r.register(
+            "migration_duration_seconds",
+            "Migrations from tagged to a single chassis again, as the Southbound shows them",
+            m.migration_seconds.clone(),
         );
         m.registry = r;
         m

@@ -4,7 +4,7 @@
 # ovsdbapp and socat. Crates come through cargo itself.
 set -euo pipefail
 
-packages=(ovn-central ovn-host openvswitch-switch openvswitch-pki python3-openvswitch python3-ovsdbapp socat)
+packages=(ovn-central ovn-host openvswitch-switch openvswitch-pki python3-openvswitch python3-ovsdbapp python3-yaml socat)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

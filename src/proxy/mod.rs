@@ -4,6 +4,7 @@
 //! together. The server keeps per-session state (monitors, locks, `wait` triggers); sharing an
 //! upstream would need id, monitor and lock rewriting, and a dead client would keep its locks.
 
+mod http;
 mod listener;
 mod monitor;
 mod session;
@@ -31,7 +32,7 @@ use crate::timeline::Timelines;
 use crate::wire::DEFAULT_MAX_FRAME;
 
 /// Everything the data path needs to know.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub upstreams: Vec<Active>,
     pub listen: Vec<Passive>,
@@ -54,19 +55,53 @@ pub struct Config {
     pub unixctl: Option<std::path::PathBuf>,
     /// Session transcripts.
     pub record: Option<crate::record::RecordConfig>,
+    /// Prometheus and health endpoint.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// How long open sessions may run on after a stop was asked for.
+    pub drain_grace: Duration,
+    /// Run-time log filter control (`vlog/set`), when the binary provides one.
+    pub log_control: Option<Arc<dyn crate::control::LogControl>>,
 }
 
 /// What every session and the monitors share.
 pub struct Shared {
     pub cache: Arc<LspCache>,
     pub timelines: Timelines,
-    pub policy: PolicyConfig,
+    /// Swapped whole on SIGHUP; readers take a cheap `Arc` clone.
+    policy: std::sync::RwLock<Arc<PolicyConfig>>,
     pub dry_run: bool,
     pub finalize: bool,
     pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
+    pub fn new(policy: PolicyConfig, dry_run: bool, finalize: bool) -> Self {
+        Shared {
+            cache: Arc::new(LspCache::new()),
+            timelines: Timelines::new(),
+            policy: std::sync::RwLock::new(Arc::new(policy)),
+            dry_run,
+            finalize,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// The policy configuration in force.
+    pub fn policy(&self) -> Arc<PolicyConfig> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the policy configuration (SIGHUP); sessions pick it up at their next message.
+    pub fn set_policy(&self, policy: PolicyConfig) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    /// The Prometheus text of every metric, with the gauges computed at scrape time.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.migrations_in_progress.set(self.timelines.in_progress() as i64);
+        self.metrics.encode()
+    }
+
     /// What the policy sees: the port cache, plus the ports the proxy has finalized.
     pub fn view(&self) -> PortsView<'_> {
         PortsView { cache: &self.cache, timelines: self.finalize.then_some(&self.timelines) }
@@ -88,6 +123,9 @@ impl Config {
             finalize_on_activation: false,
             unixctl: None,
             record: None,
+            metrics: None,
+            drain_grace: Duration::from_secs(10),
+            log_control: None,
         }
     }
 }
@@ -98,6 +136,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     listeners: Vec<Listener>,
     unixctl: Option<Listener>,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl Proxy {
@@ -107,19 +146,21 @@ impl Proxy {
         for p in &cfg.listen {
             listeners.push(Listener::bind(p).await?);
         }
-        let shared = Arc::new(Shared {
-            cache: Arc::new(LspCache::new()),
-            timelines: Timelines::new(),
-            policy: cfg.policy.clone(),
-            dry_run: cfg.dry_run,
-            finalize: cfg.finalize_on_activation && !cfg.sb.is_empty(),
-            metrics: Arc::new(Metrics::new()),
-        });
+        let finalize = cfg.finalize_on_activation && !cfg.sb.is_empty();
+        let shared = Arc::new(Shared::new(cfg.policy.clone(), cfg.dry_run, finalize));
         let unixctl = match &cfg.unixctl {
             Some(path) => Some(unixctl::bind(path).await?),
             None => None,
         };
-        Ok(Self { cfg: Arc::new(cfg), shared, listeners, unixctl })
+        let metrics = match cfg.metrics {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ListenError::Bind { remote: format!("metrics {addr}"), source })?,
+            ),
+            None => None,
+        };
+        Ok(Self { cfg: Arc::new(cfg), shared, listeners, unixctl, metrics })
     }
 
     /// The port cache, the metrics and the policy, shared with every session.
@@ -127,15 +168,22 @@ impl Proxy {
         self.shared.clone()
     }
 
+    /// The metrics endpoint's address, if any (port 0 gets a kernel-chosen port).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The addresses actually bound (`ptcp:0` gets a kernel-chosen port).
     pub fn local_addrs(&self) -> Vec<BoundAddr> {
         self.listeners.iter().map(Listener::local_addr).collect()
     }
 
-    /// Serves until `shutdown` is cancelled, then closes the listeners and gives open sessions
-    /// `close_grace` to finish before they are dropped.
+    /// Serves until `shutdown` is cancelled. Then the listeners close at once, open sessions
+    /// get `drain_grace` to finish by themselves, and whatever is left is closed.
     pub async fn serve(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        // Sessions end on `hard`: at the end of the drain, not at the first signal.
+        let hard = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
         let next_id = Arc::new(AtomicU64::new(1));
         tracker.spawn(probe_upstream(self.cfg.clone(), shutdown.clone()));
@@ -147,15 +195,20 @@ impl Proxy {
                 sb: self.cfg.sb.iter().map(ToString::to_string).collect(),
                 dry_run: self.cfg.dry_run,
                 finalize: self.shared.finalize,
+                log: self.cfg.log_control.clone(),
             };
             let io = Arc::new(crate::control::handler(self.shared.clone(), info, shutdown.clone()));
             tracker.spawn(unixctl::serve(ctl, io, shutdown.clone()));
         }
+        if let Some(http) = self.metrics {
+            tracker.spawn(http::serve(http, self.shared.clone(), shutdown.clone()));
+        }
+        let sessions = TaskTracker::new();
         for listener in self.listeners {
             info!(listen = %listener.local_addr(), "listening");
             let (cfg, shared) = (self.cfg.clone(), self.shared.clone());
-            let (permits, next_id, tracker2) = (permits.clone(), next_id.clone(), tracker.clone());
-            let shutdown = shutdown.clone();
+            let (permits, next_id, sessions) = (permits.clone(), next_id.clone(), sessions.clone());
+            let (shutdown, hard) = (shutdown.clone(), hard.clone());
             tracker.spawn(async move {
                 loop {
                     // A permit first, then accept: past the bound, clients wait in the backlog.
@@ -177,12 +230,12 @@ impl Proxy {
                     };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("session", id, peer = %peer);
-                    let (cfg, shared, shutdown) = (cfg.clone(), shared.clone(), shutdown.clone());
-                    tracker2.spawn(
+                    let (cfg, shared, hard) = (cfg.clone(), shared.clone(), hard.clone());
+                    sessions.spawn(
                         async move {
                             shared.metrics.sessions.inc();
                             shared.metrics.sessions_open.inc();
-                            session::run(io, id, &peer, &cfg, &shared, shutdown).await;
+                            session::run(io, id, &peer, &cfg, &shared, hard).await;
                             shared.metrics.sessions_open.dec();
                             drop(permit);
                         }
@@ -194,6 +247,20 @@ impl Proxy {
         }
         tracker.close();
         tracker.wait().await;
+        // Stopping: no new sessions; the open ones may finish within the grace period.
+        sessions.close();
+        let open = self.shared.metrics.sessions_open.get();
+        if open > 0 {
+            info!(open, grace = ?self.cfg.drain_grace, "draining client sessions");
+        }
+        if tokio::time::timeout(self.cfg.drain_grace, sessions.wait()).await.is_err() {
+            info!(
+                open = self.shared.metrics.sessions_open.get(),
+                "grace period over: closing the remaining sessions"
+            );
+            hard.cancel();
+            sessions.wait().await;
+        }
     }
 }
 

@@ -62,6 +62,7 @@ trait Handler {
         Vec::new()
     }
     fn disconnected(&mut self) {}
+    fn reconnected(&mut self) {}
 }
 
 /// Keeps one monitor connection up (reconnecting with backoff, resynchronising each time).
@@ -73,10 +74,15 @@ async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(250);
+    let mut lost = false;
     loop {
         match connect_any(&upstreams, timeout).await {
             Ok((io, remote)) => {
                 debug!(upstream = %remote, monitor = h.label(), "monitor connected");
+                if lost {
+                    h.reconnected();
+                }
+                lost = true;
                 delay = Duration::from_millis(250);
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -194,7 +200,7 @@ impl NbHandler {
         let shared = &self.shared;
         let view = shared.view();
         let finalized = |p: &str, d: &str| crate::policy::LspView::finalized(&view, p, d);
-        let (ops, change) = plan_reconcile(before, row, &shared.policy, &finalized)?;
+        let (ops, change) = plan_reconcile(before, row, &shared.policy(), &finalized)?;
         info!(
             target: "ovn_nb_proxy::audit",
             port = %change.port,
@@ -221,7 +227,8 @@ impl NbHandler {
         for t in touched {
             match &t.after {
                 Some(row) => {
-                    for stage in self.shared.timelines.observe_nb(row, &self.shared.policy, now) {
+                    let policy = self.shared.policy();
+                    for stage in self.shared.timelines.observe_nb(row, &policy, now) {
                         info!(port = %row.name, stage = stage.as_str(), "migration");
                     }
                     out.extend(self.reconcile(t.before.as_ref(), row));
@@ -296,6 +303,10 @@ impl Handler for NbHandler {
     fn disconnected(&mut self) {
         self.shared.cache.set_unsynced();
         self.in_flight.clear();
+    }
+
+    fn reconnected(&mut self) {
+        self.shared.metrics.upstream_reconnects.inc();
     }
 }
 

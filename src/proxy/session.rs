@@ -250,7 +250,7 @@ impl ClientTap<'_> {
             locked(self.pending).remove(&id);
             return None;
         }
-        let ins = inspect_request(raw, &shared.view(), &shared.policy)?;
+        let ins = inspect_request(raw, &shared.view(), &shared.policy())?;
         shared.metrics.transactions.inc();
         for skip in &ins.plan.skips {
             shared.metrics.skips.get_or_create(&[("reason", skip.reason.as_str())]).inc();

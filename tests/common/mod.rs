@@ -63,9 +63,10 @@ impl Proxy {
             }
         });
         let mut proxy = Proxy { child, dir, unix, ctl, tcp_port: 0, log };
-        let line = proxy.wait_log("listen=ptcp:", Duration::from_secs(10));
+        // `listen=ptcp:PORT:IP` in text logs, `"listen":"ptcp:PORT:IP"` in JSON logs.
+        let line = proxy.wait_log("ptcp:", Duration::from_secs(10));
         proxy.tcp_port = line
-            .split("listen=ptcp:")
+            .split("ptcp:")
             .nth(1)
             .and_then(|r| r.split(':').next())
             .and_then(|p| p.parse().ok())
@@ -113,6 +114,10 @@ impl Proxy {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,243 @@
+//! Operations: metrics and health endpoints, ovs-appctl additions, config checking and
+//! reloading, JSON logs, and the stop sequence (drain, then close; a second signal exits).
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `GET path` on the metrics endpoint: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+fn metrics_addr(p: &mut Proxy) -> String {
+    let line = p.wait_log("metrics endpoint ready", Duration::from_secs(5));
+    line.split("metrics=").nth(1).expect("address").trim().to_string()
+}
+
+/// The value of one sample line, e.g. `ovn_nb_proxy_rewrites_total{cause="started"}`.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_and_health_after_a_rewrite() {
+    let nb = nb();
+    ovn_nbctl(
+        &nb.server.unix_remote(),
+        &[
+            "ls-add",
+            "sw0",
+            "--",
+            "lsp-add",
+            "sw0",
+            "vm1",
+            "--",
+            "lsp-set-options",
+            "vm1",
+            "requested-chassis=hv1",
+        ],
+    )
+    .expect("seed");
+    let mut p = Proxy::start(&nb.server.unix_remote(), &["--metrics=127.0.0.1:0"]);
+    let addr = metrics_addr(&mut p);
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".into()));
+    eventually("ready once the cache is synchronised", || http_get(&addr, "/readyz").0 == 200);
+    ovn_nbctl(
+        &p.unix_remote(),
+        &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"],
+    )
+    .expect("tag");
+    let (code, body) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(sample(&body, "ovn_nb_proxy_rewrites_total{cause=\"started\"}"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "ovn_nb_proxy_transactions_total"), Some(1.0), "{body}");
+    assert!(sample(&body, "ovn_nb_proxy_client_sessions_total").is_some_and(|v| v >= 1.0), "{body}");
+    assert!(sample(&body, "ovn_nb_proxy_messages_total{direction=\"client_to_server\"}")
+        .is_some_and(|v| v >= 3.0));
+    assert!(
+        sample(&body, "ovn_nb_proxy_bytes_total{direction=\"server_to_client\"}").is_some_and(|v| v > 1000.0)
+    );
+    assert_eq!(sample(&body, "ovn_nb_proxy_migrations_in_progress"), Some(1.0), "{body}");
+    for name in body.lines().filter(|l| l.starts_with("# TYPE")) {
+        assert!(name.contains(" ovn_nb_proxy_"), "every metric is prefixed: {name}");
+    }
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+}
+
+#[test]
+fn readyz_fails_while_the_upstream_is_down() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut p =
+        Proxy::start(&format!("unix:{}", dir.path().join("none.sock").display()), &["--metrics=127.0.0.1:0"]);
+    let addr = metrics_addr(&mut p);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let (code, body) = http_get(&addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+}
+
+#[test]
+fn ovs_appctl_vlog_and_memory() {
+    let nb = nb();
+    let mut p = Proxy::start(&nb.server.unix_remote(), &[]);
+    assert_eq!(p.appctl(&["vlog/list"]).expect("list").trim(), "ovn_nb_proxy=debug");
+    p.appctl(&["vlog/set", "warn"]).expect("set");
+    assert_eq!(p.appctl(&["vlog/list"]).expect("list").trim(), "warn");
+    let before = p.log_text().lines().count();
+    ovn_nbctl(&p.unix_remote(), &["ls-list"]).expect("a session");
+    ovn_nbctl(&p.unix_remote(), &["ls-list"]).expect("a session");
+    assert_eq!(p.log_text().lines().count(), before, "debug session lines are filtered out now");
+    let err = p.appctl(&["vlog/set", "[[["]).expect_err("bad filter");
+    assert!(err.contains("bad filter"), "{err}");
+    p.appctl(&["vlog/set", "ovn_nb_proxy=debug"]).expect("set back");
+    ovn_nbctl(&p.unix_remote(), &["ls-list"]).expect("a session");
+    p.wait_log("session closed", Duration::from_secs(5));
+    let mem = p.appctl(&["memory/show"]).expect("memory/show");
+    assert!(mem.starts_with("rss_kb:") && mem.contains("ports:0"), "{mem}");
+}
+
+fn proxy_bin(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy")).args(args).output().expect("run")
+}
+
+#[test]
+fn check_config_accepts_good_files_and_names_the_problem_in_bad_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let good = file(
+        "good.toml",
+        "[migration]\ndestination-key = \"kubevirt.io/target\"\nfinalize-on-activation = true\n",
+    );
+    let out = proxy_bin(&["check-config", "--config", &good]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+    let cases = [
+        ("unknown.toml", "[migration]\ndestination-kye = \"x\"\n", "destination-kye"),
+        ("table.toml", "[migrations]\n", "migrations"),
+        ("empty.toml", "[migration]\nphase-key = \"\"\n", "phase-key"),
+        ("dup.toml", "[migration]\nsource-key = \"migration-destination\"\n", "migration-destination"),
+        ("syntax.toml", "[migration\n", "TOML"),
+    ];
+    for (name, text, needle) in cases {
+        let out = proxy_bin(&["check-config", "--config", &file(name, text)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} must be refused");
+        assert!(err.contains(needle) || err.to_lowercase().contains(&needle.to_lowercase()), "{name}: {err}");
+    }
+    let out = proxy_bin(&["check-config", "--config", "/nonexistent.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+}
+
+#[test]
+fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_bad() {
+    let nb = nb();
+    ovn_nbctl(
+        &nb.server.unix_remote(),
+        &[
+            "ls-add",
+            "sw0",
+            "--",
+            "lsp-add",
+            "sw0",
+            "vm1",
+            "--",
+            "lsp-set-options",
+            "vm1",
+            "requested-chassis=hv1",
+        ],
+    )
+    .expect("seed");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, "[migration]\ndestination-key = \"a\"\n").expect("write");
+    let mut p = Proxy::start(&nb.server.unix_remote(), &[&format!("--config={}", path.display())]);
+    p.wait_log("port cache synchronised", Duration::from_secs(5));
+    let get = || {
+        ovn_nbctl(
+            &nb.server.unix_remote(),
+            &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"],
+        )
+        .expect("get")
+    };
+    // A session held open across the reload: it must survive it.
+    let mut held = Raw::connect(&p.unix);
+    std::fs::write(&path, "[migration]\ndestination-key = \"b\"\n").expect("write");
+    Command::new("kill").args(["-HUP", &p.pid().to_string()]).status().expect("kill");
+    p.wait_log("config reloaded", Duration::from_secs(5));
+    ovn_nbctl(&p.unix_remote(), &["set", "Logical_Switch_Port", "vm1", "external_ids:a=hv2"])
+        .expect("old key");
+    assert_eq!(get().trim(), "hv1", "the old key no longer counts");
+    ovn_nbctl(&p.unix_remote(), &["set", "Logical_Switch_Port", "vm1", "external_ids:b=hv2"])
+        .expect("new key");
+    assert_eq!(get().trim(), "\"hv1,hv2\"");
+    std::fs::write(&path, "[migration]\nbogus = 1\n").expect("write");
+    Command::new("kill").args(["-HUP", &p.pid().to_string()]).status().expect("kill");
+    p.wait_log("config reload failed", Duration::from_secs(5));
+    held.send(br#"{"method":"echo","params":["still"],"id":1}"#);
+    assert_eq!(held.recv()["result"][0], "still", "sessions survive reloads");
+    assert!(p.is_running());
+}
+
+#[test]
+fn json_log_lines_parse() {
+    let nb = nb();
+    let mut p = Proxy::start(&nb.server.unix_remote(), &["--log-format=json"]);
+    p.wait_log("port cache synchronised", Duration::from_secs(5));
+    let text = p.log_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+}
+
+#[test]
+fn sigterm_drains_open_sessions_then_closes_them() {
+    let nb = nb();
+    let mut p = Proxy::start(&nb.server.unix_remote(), &["--drain-grace=2"]);
+    let mut held = Raw::connect(&p.unix);
+    held.send(br#"{"method":"echo","params":[],"id":1}"#);
+    assert_eq!(held.recv()["id"], 1);
+    let t0 = Instant::now();
+    Command::new("kill").args(["-TERM", &p.pid().to_string()]).status().expect("kill");
+    p.wait_log("draining client sessions", Duration::from_secs(5));
+    // No new sessions...
+    eventually("the listener is closed", || std::os::unix::net::UnixStream::connect(&p.unix).is_err());
+    // ...but the open one is still served during the grace period.
+    held.send(br#"{"method":"echo","params":["draining"],"id":2}"#);
+    assert_eq!(held.recv()["result"][0], "draining");
+    // At the end of the grace period it is closed and the proxy exits.
+    assert!(held.read_to_end().is_empty());
+    let waited = t0.elapsed();
+    eventually("the proxy exits after the grace period", || !p.is_running());
+    assert!(waited >= Duration::from_millis(1500), "closed after the grace period, not at once: {waited:?}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let nb = nb();
+    let mut p = Proxy::start(&nb.server.unix_remote(), &["--drain-grace=60"]);
+    let _held = Raw::connect(&p.unix);
+    eventually("the session is open", || p.log_text().contains("session open"));
+    Command::new("kill").args(["-TERM", &p.pid().to_string()]).status().expect("kill");
+    p.wait_log("draining client sessions", Duration::from_secs(5));
+    Command::new("kill").args(["-TERM", &p.pid().to_string()]).status().expect("kill");
+    eventually("the proxy exits well before its 60 s grace", || !p.is_running());
+}

@@ -241,3 +241,16 @@ fn a_second_signal_exits_at_once() {
     Command::new("kill").args(["-TERM", &p.pid().to_string()]).status().expect("kill");
     eventually("the proxy exits well before its 60 s grace", || !p.is_running());
 }
+
+#[test]
+fn every_metric_is_documented_in_the_readme() {
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).expect("README");
+    let text = ovn_nb_proxy::metrics::Metrics::new().encode();
+    let names: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+    assert!(names.len() >= 10, "{text}");
+    for name in names {
+        assert!(readme.contains(&format!("`{name}")), "{name} is not documented in README.md");
+    }
+}

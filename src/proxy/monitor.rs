@@ -229,7 +229,7 @@ impl NbHandler {
                 Some(row) => {
                     let policy = self.shared.policy();
                     for stage in self.shared.timelines.observe_nb(row, &policy, now) {
-                        info!(port = %row.name, stage = stage.as_str(), "migration");
+                        info!(port = %row.name, stage = %stage.as_str(), "migration");
                     }
                     out.extend(self.reconcile(t.before.as_ref(), row));
                 }
@@ -323,7 +323,7 @@ impl SbHandler {
         for port in ports {
             let Some(binding) = self.cache.binding(&port) else { continue };
             for stage in self.shared.timelines.observe_sb(&port, &binding, &aliases, now) {
-                info!(%port, stage = stage.as_str(), "migration");
+                info!(%port, stage = %stage.as_str(), "migration");
                 let Some(m) = self.shared.timelines.get(&port) else { continue };
                 if stage == Stage::SingleChassis {
                     if let Some(d) = m.elapsed_to(Stage::SingleChassis) {

@@ -173,11 +173,15 @@ fn terminate(group: &mut [Daemon]) {
         .iter_mut()
         .filter_map(|d| matches!(d.child.try_wait(), Ok(None)).then(|| d.child.id().to_string()))
         .collect();
-    if !pids.is_empty() {
-        // std has no SIGTERM; kill(1) is procps. Without it, SIGKILL below does the job.
-        let _ = Command::new("kill").arg("-TERM").args(&pids).stderr(Stdio::null()).status();
-    }
-    let deadline = Instant::now() + STOP_GRACE;
+    // std has no SIGTERM; kill(1) is procps. Without it, SIGKILL below does the job at once.
+    let termed = !pids.is_empty()
+        && Command::new("kill")
+            .arg("-TERM")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    let deadline = Instant::now() + if termed { STOP_GRACE } else { Duration::ZERO };
     for d in group.iter_mut() {
         while matches!(d.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -226,6 +230,9 @@ impl OvnLab {
     /// `hypervisors` (name = system-id = hostname), and waits until every chassis is registered
     /// in SB and has caught up with NB.
     pub fn start(dir: &Path, hypervisors: &[&str]) -> Result<OvnLab> {
+        if hypervisors.is_empty() || hypervisors.len() > 200 {
+            bail!("a lab has 1 to 200 hypervisors, not {}", hypervisors.len());
+        }
         need_file(SB_SCHEMA, "ovn-central")?;
         need_file(VSWITCH_SCHEMA, "openvswitch-switch")?;
         for tool in ["ovn-northd", "ovn-controller", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovsdb-client"]
@@ -308,6 +315,7 @@ impl OvnLab {
         self.nbctl(&["--wait=hv", "sync"]).map(drop)
     }
 
+    /// The hypervisors, in the order given to [`OvnLab::start`].
     pub fn hypervisors(&self) -> &[Hypervisor] {
         &self.hvs
     }
@@ -452,7 +460,7 @@ impl OvnLab {
         let mac =
             hv.vsctl(&["get", "Interface", "br-phys", "mac_in_use"])?.trim().trim_matches('"').to_string();
         let db = format!("unix:{}", dir.join("db.sock").display());
-        self.spawn(&dir, "ovn-controller", &["--enable-dummy-vif-plug".into(), db], false)?;
+        self.spawn(&dir, "ovn-controller", &[db], false)?;
         Ok(Hypervisor { phys_mac: mac, ..hv })
     }
 
@@ -891,10 +899,9 @@ fn read_updates(reader: UnixStream, mut writer: UnixStream, shared: &Shared) {
             continue;
         }
         let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        if msg["id"] == "lab-watch" {
-            if !msg["error"].is_null() {
-                state.closed = Some(format!("monitor refused: {}", msg["error"]));
-            }
+        if msg["id"] == "lab-watch" && !msg["error"].is_null() {
+            state.closed = Some(format!("monitor refused: {}", msg["error"]));
+        } else if msg["id"] == "lab-watch" {
             state.apply(&msg["result"], at);
             state.ready = true;
         } else if msg["method"] == "update" {

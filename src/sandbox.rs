@@ -21,9 +21,10 @@ pub fn require(tool: &str) -> Result<PathBuf> {
         }
     }
     let package = match tool {
-        "ovn-nbctl" | "ovn-sbctl" | "ovn-northd" => "ovn-central (and ovn-common)",
+        "ovn-nbctl" | "ovn-sbctl" => "ovn-common (with ovn-central)",
+        "ovn-northd" => "ovn-central",
         "ovn-controller" => "ovn-host",
-        "ovs-vswitchd" => "openvswitch-switch",
+        "ovs-vswitchd" | "ovs-vsctl" => "openvswitch-switch",
         "ovs-pki" => "openvswitch-pki",
         "socat" => "socat",
         _ => "openvswitch-common",
@@ -83,25 +84,48 @@ impl NbServer {
         let schema = nb_schema()?;
         let db = dir.join("nb.db");
         run_tool("ovsdb-tool", &["create", &db.to_string_lossy(), &schema.to_string_lossy()])?;
+        let child = Self::launch(dir)?;
+        let mut server = NbServer { child, dir: dir.to_path_buf(), tcp_port: 0 };
+        server.tcp_port = server.wait_up()?;
+        Ok(server)
+    }
+
+    /// Kills the server and starts it again on the same database file and unix socket (the
+    /// TCP port changes): what a crash and a restart look like to its clients.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::launch(&self.dir)?;
+        self.tcp_port = self.wait_up()?;
+        Ok(())
+    }
+
+    fn launch(dir: &Path) -> Result<Child> {
         let server = require("ovsdb-server")?;
         let log = dir.join("ovsdb-server.log");
-        let child = Command::new(server)
+        // A fresh log, so the listening port read back is this run's.
+        let _ = std::fs::remove_file(&log);
+        Command::new(server)
             .arg(format!("--remote=punix:{}", dir.join("nb.sock").display()))
             .arg("--remote=ptcp:0:127.0.0.1")
             .arg(format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()))
             .arg(format!("--log-file={}", log.display()))
             .args(["-vconsole:off", "-vfile:info", "--no-chdir"])
-            .arg(&db)
+            .arg(dir.join("nb.db"))
             .envs(["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"].map(|k| (k, dir)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting ovsdb-server")?;
-        let mut server = NbServer { child, dir: dir.to_path_buf(), tcp_port: 0 };
+            .context("starting ovsdb-server")
+    }
+
+    /// Waits (10 s at most) until both listeners are up; returns the TCP port.
+    fn wait_up(&mut self) -> Result<u16> {
+        let log = self.dir.join("ovsdb-server.log");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = server.child.try_wait()? {
+            if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "ovsdb-server exited at start ({status}); log:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -109,9 +133,8 @@ impl NbServer {
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(port) = parse_listening_port(&text) {
-                if server.socket().exists() {
-                    server.tcp_port = port;
-                    return Ok(server);
+                if self.socket().exists() {
+                    return Ok(port);
                 }
             }
             if Instant::now() > deadline {

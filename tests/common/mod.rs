@@ -237,6 +237,10 @@ impl Watcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for Watcher {

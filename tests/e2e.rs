@@ -61,11 +61,19 @@ impl Drop for World {
 
 impl World {
     fn start() -> World {
+        World::start_with(&[])
+    }
+
+    /// The proxy watches the lab's SB (`--sb-db`) for its timelines, plus `extra` flags.
+    fn start_with(extra: &[&str]) -> World {
         let dir = tempfile::Builder::new().prefix("nbproxy-e2e.").tempdir().expect("temp dir");
         let t0 = Instant::now();
         let lab = OvnLab::start(dir.path(), &["hv1", "hv2"]).unwrap_or_else(|e| panic!("lab: {e:#}"));
         eprintln!("lab ready in {:?} ({})", t0.elapsed(), dir.path().display());
-        let mut proxy = Proxy::start(&lab.nb_remote(), &[]);
+        let sb = format!("--sb-db={}", lab.sb_remote());
+        let mut args = vec![sb.as_str()];
+        args.extend_from_slice(extra);
+        let mut proxy = Proxy::start(&lab.nb_remote(), &args);
         proxy.wait_log("port cache synchronised", DEADLINE);
         let w = World { proxy, lab, dir: Some(dir) };
         let mut setup: Vec<String> = "ls-add ls0 -- set Logical_Switch ls0 other_config:vlan-passthru=true"
@@ -309,6 +317,56 @@ fn migration_start_activate_succeed() {
     assert!(w.activation_flows("hv2").is_empty());
     assert_eq!(w.arp_to_vm(), (0, 1), "after success the source VIF gets nothing");
     assert_eq!(w.arp_from_vm("hv2"), 1);
+
+    // the proxy's SB-aware timeline saw every stage, in order
+    let show = until("the timeline reaches single-chassis", || {
+        w.proxy.appctl(&["migrations/show", "vm"]).ok().filter(|s| s.contains("single-chassis"))
+    });
+    eprintln!("{show}");
+    let stages =
+        ["tagged", "destination-requested", "destination-bound", "activated", "succeeded", "single-chassis"];
+    let positions: Vec<usize> = stages
+        .iter()
+        .map(|st| show.find(&format!(" {st} ")).unwrap_or_else(|| panic!("{st} missing:\n{show}")))
+        .collect();
+    assert!(positions.windows(2).all(|p| p[0] < p[1]), "stages out of order:\n{show}");
+    let list = w.proxy.appctl(&["migrations/list"]).expect("list");
+    let cols: Vec<&str> =
+        list.lines().find(|l| l.starts_with("vm ")).expect("vm line").split_whitespace().collect();
+    assert_eq!(&cols[..5], ["vm", "hv1", "hv2", "succeeded", "single-chassis"], "{list}");
+    let metrics = w.proxy.appctl(&["metrics/show"]).expect("metrics");
+    assert!(metrics.contains("ovn_nb_proxy_migration_duration_seconds_count 1"), "{metrics}");
+}
+
+#[test]
+fn finalize_on_activation_ends_the_migration_without_the_cms() {
+    let w = World::start_with(&["--finalize-on-activation"]);
+    w.start_migration();
+    w.assert_destination_blocked();
+    // The RARP activates hv2: the proxy finishes the migration itself, no phase tag written.
+    w.hv("hv2").inject("vm", &rarp_frame(VM_MAC).expect("rarp")).unwrap_or_else(|e| panic!("{e:#}"));
+    let pb = w.pb("hv2 alone and up, finalized by the proxy", |pb| {
+        pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty() && pb.up == Some(true)
+    });
+    assert_eq!(pb.option("requested-chassis"), Some("hv2"), "{pb:#?}");
+    assert_eq!(pb.option("activation-strategy"), None, "{pb:#?}");
+    let ids = w.lab.nbctl(&["get", "Logical_Switch_Port", "vm", "external_ids"]).expect("ids");
+    assert!(!ids.contains("migration-phase"), "the CMS wrote no phase: {ids}");
+    w.settle();
+    assert_eq!(w.arp_to_vm(), (0, 1), "duplicated delivery ended at activation");
+    // A writer that knows nothing of it cannot bring the two-chassis binding back.
+    w.cms(&["lsp-set-options", "vm", "requested-chassis=hv1,hv2", "activation-strategy=rarp"]);
+    let opts = w.lab.nbctl(&["get", "Logical_Switch_Port", "vm", "options"]).expect("options");
+    assert_eq!(opts.trim(), "{requested-chassis=hv2}");
+    let show = w.proxy.appctl(&["migrations/show", "vm"]).expect("show");
+    assert!(show.contains("activated") && show.contains("finalized-by-proxy"), "{show}");
+    until("single chassis in the timeline", || {
+        w.proxy.appctl(&["migrations/show", "vm"]).ok().filter(|s| s.contains("single-chassis"))
+    });
+    // The CMS's own verdict still lands and agrees.
+    w.tag("migration-phase", "succeeded");
+    let opts = w.lab.nbctl(&["get", "Logical_Switch_Port", "vm", "options"]).expect("options");
+    assert_eq!(opts.trim(), "{requested-chassis=hv2}");
 }
 
 #[test]

@@ -64,7 +64,7 @@ fn uuid_atoms(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// update2 set diffs are symmetric differences.
+/// update2 diffs of sets (with more than one possible value) are symmetric differences.
 fn apply_set<T: PartialEq + Clone>(target: &mut Vec<T>, items: Vec<T>, diff: bool) {
     if !diff {
         *target = items;
@@ -83,18 +83,20 @@ fn apply_pb(pb: &mut Pb, row: &Value, diff: bool) {
     if let Some(p) = row.get("logical_port").and_then(|v| parse_str_scalar(v).ok()) {
         pb.logical_port = p;
     }
-    for (col, target) in [
-        ("chassis", &mut pb.chassis),
-        ("additional_chassis", &mut pb.additional_chassis),
-        ("requested_chassis", &mut pb.requested_chassis),
-        ("requested_additional_chassis", &mut pb.requested_additional_chassis),
+    // Optional columns (at most one value: chassis, requested_chassis, up) carry their new
+    // value in a `modify`, as seen from ovsdb-server 3.1; only sets of several values are diffed.
+    for (col, target, diffed) in [
+        ("chassis", &mut pb.chassis, false),
+        ("additional_chassis", &mut pb.additional_chassis, diff),
+        ("requested_chassis", &mut pb.requested_chassis, false),
+        ("requested_additional_chassis", &mut pb.requested_additional_chassis, diff),
     ] {
         if let Some(v) = row.get(col) {
-            apply_set(target, uuid_atoms(v), diff);
+            apply_set(target, uuid_atoms(v), diffed);
         }
     }
     if let Some(v) = row.get("up") {
-        apply_set(&mut pb.up, atoms(v).iter().filter_map(Value::as_bool).collect(), diff);
+        apply_set(&mut pb.up, atoms(v).iter().filter_map(Value::as_bool).collect(), false);
     }
     if let Some(map) = row.get("options").and_then(|v| parse_str_map(v).ok()) {
         if diff {
@@ -233,10 +235,11 @@ mod tests {
         assert_eq!(b.requested_additional_chassis, vec!["hv2".to_string()]);
         assert_eq!(b.additional_chassis, vec!["hv2".to_string()]);
         assert_eq!(b.activated, vec!["hv2".to_string()]);
-        // main chassis moves hv1 → hv2 (symmetric difference), additional cleared, up unset
+        // main chassis moves hv1 → hv2 (an optional column: the new value), the additional
+        // set loses hv2 (a symmetric difference), up becomes unset (the new, empty value)
         sb.apply(&json!({"Port_Binding": {"p1": {"modify": {
-            "chassis": ["set", [["uuid", "c1"], ["uuid", "c2"]]],
-            "additional_chassis": ["uuid", "c2"], "up": true}}}}));
+            "chassis": ["uuid", "c2"],
+            "additional_chassis": ["uuid", "c2"], "up": ["set", []]}}}}));
         let b = sb.binding("vm1").expect("bound");
         assert_eq!(b.chassis.as_deref(), Some("hv2"));
         assert!(b.additional_chassis.is_empty());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::lab::OvnLab;
 use crate::proxy::{Config, Proxy};
 use crate::remote::{Active, Passive};
 use crate::sandbox::{self, NbServer};
@@ -84,13 +85,7 @@ async fn walk_through() -> Result<()> {
     println!("• proxy: listening on {}, upstream {}", demo.proxy_db, demo.direct_db);
     let stop = CancellationToken::new();
     let serving = tokio::spawn(proxy.serve(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !shared.cache.is_synced() {
-        if Instant::now() > deadline {
-            bail!("the proxy's port monitor did not synchronise within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_synced(&shared).await?;
 
     println!("\n== A VM port running on hv1 ==");
     demo.nbctl(&["init"]).await?;
@@ -143,12 +138,161 @@ async fn walk_through() -> Result<()> {
     print!("{dump}");
 
     println!("\n== What the proxy counted ==");
-    for line in shared.metrics.encode().lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")) {
+    let text = shared.encode_metrics();
+    let interesting = |l: &&str| {
+        !l.starts_with('#') && !l.contains("_bucket") && !l.ends_with(" 0") && !l.ends_with(" 0.0")
+    };
+    for line in text.lines().filter(interesting) {
         println!("  {line}");
     }
     stop.cancel();
     let _ = serving.await;
-    println!("\n• done: stopping ovsdb-server and removing {}", dir.path().display());
+    drop(nb);
+
+    let have_ovn = ["ovn-northd", "ovn-controller", "ovs-vswitchd", "ovs-vsctl"]
+        .iter()
+        .all(|t| sandbox::require(t).is_ok());
+    if have_ovn {
+        two_hypervisors(dir.path()).await?;
+    } else {
+        println!(
+            "\n(ovn-northd / ovn-controller / ovs-vswitchd not installed: skipping the two-hypervisor part;"
+        );
+        println!(" tools/setup.sh installs them)");
+    }
+    println!("\n• done: stopping everything and removing {}", dir.path().display());
+    Ok(())
+}
+
+/// Part two: real OVN. ovn-northd and two simulated hypervisors (ovn-controller on the dummy
+/// datapath); the CMS writes only tags through the proxy; the proxy watches the Southbound and
+/// prints the migration's timeline.
+async fn two_hypervisors(dir: &std::path::Path) -> Result<()> {
+    println!("\n== Real OVN: ovn-northd and two hypervisors (hv1, hv2) on the dummy datapath ==");
+    let lab_dir = dir.join("lab");
+    std::fs::create_dir_all(&lab_dir)?;
+    let lab = {
+        let d = lab_dir.clone();
+        blocking(move || OvnLab::start(&d, &["hv1", "hv2"])).await?
+    };
+    let lab = std::sync::Arc::new(lab);
+    let proxy_sock = dir.join("proxy-lab.sock");
+    let mut cfg = Config::new(
+        crate::remote::parse_upstreams(&lab.nb_remote())?,
+        vec![Passive::Unix(proxy_sock.clone())],
+    );
+    cfg.sb = crate::remote::parse_upstreams(&lab.sb_remote())?;
+    let proxy = Proxy::bind(cfg).await?;
+    let shared = proxy.shared();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(proxy.serve(stop.clone()));
+    let demo = Demo { proxy_db: format!("unix:{}", proxy_sock.display()), direct_db: lab.nb_remote() };
+    println!("• NB {}  SB {}  proxy {} (watching the SB)", lab.nb_remote(), lab.sb_remote(), demo.proxy_db);
+    wait_synced(&shared).await?;
+
+    let binding = |what: &'static str| {
+        let lab = lab.clone();
+        async move {
+            let pb = blocking(move || lab.port_binding("vm")).await?;
+            println!(
+                "  → SB Port_Binding vm [{what}]: chassis={} additional={:?} requested={} requested-additional={:?} activated={} up={}",
+                pb.chassis.as_deref().unwrap_or("-"),
+                pb.additional_chassis,
+                pb.requested_chassis.as_deref().unwrap_or("-"),
+                pb.requested_additional_chassis,
+                pb.options.get("additional-chassis-activated").map(String::as_str).unwrap_or("-"),
+                pb.up.map(|u| u.to_string()).unwrap_or_else(|| "-".into())
+            );
+            Ok::<_, anyhow::Error>(pb)
+        }
+    };
+    let hv_do = |hv: &'static str, f: fn(&crate::lab::Hypervisor) -> Result<()>| {
+        let lab = lab.clone();
+        async move { blocking(move || f(lab.hv(hv)?)).await }
+    };
+    let wait_for = |what: &'static str, pred: fn(&crate::lab::PortBinding) -> bool| {
+        let lab = lab.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let l = lab.clone();
+                let pb = blocking(move || l.port_binding("vm")).await?;
+                if pred(&pb) {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                if Instant::now() > deadline {
+                    bail!("not within 10 s: {what}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    println!("\n== The VM runs on hv1 ==");
+    demo.nbctl(&[
+        "ls-add",
+        "ls0",
+        "--",
+        "lsp-add",
+        "ls0",
+        "vm",
+        "--",
+        "lsp-set-addresses",
+        "vm",
+        "00:00:00:00:00:10 10.0.0.10",
+    ])
+    .await?;
+    demo.nbctl(&["lsp-set-options", "vm", "requested-chassis=hv1"]).await?;
+    println!("$ (hv1) ovs-vsctl add-port br-int vm -- set Interface vm external_ids:iface-id=vm");
+    hv_do("hv1", |h| h.add_vif("vm", "vm")).await?;
+    wait_for("vm bound on hv1", |pb| pb.chassis.as_deref() == Some("hv1") && pb.up == Some(true)).await?;
+    binding("running on hv1").await?;
+
+    println!("\n== The CMS tags the migration to hv2; the target's VIF appears there ==");
+    demo.nbctl(&["set", "Logical_Switch_Port", "vm", "external_ids:migration-destination=hv2"]).await?;
+    demo.show_options("vm").await?;
+    println!("$ (hv2) ovs-vsctl add-port br-int vm -- set Interface vm external_ids:iface-id=vm");
+    hv_do("hv2", |h| h.add_vif("vm", "vm")).await?;
+    wait_for("hv2 bound as additional", |pb| pb.additional_chassis == ["hv2"]).await?;
+    binding("both bound, hv2 blocked until the RARP").await?;
+
+    println!("\n== The VM resumes on hv2 and sends its RARP ==");
+    println!("$ (hv2) ovs-appctl netdev-dummy/receive vm <RARP from 00:00:00:00:00:10>");
+    hv_do("hv2", |h| h.inject("vm", &crate::lab::rarp_frame("00:00:00:00:00:10")?)).await?;
+    wait_for("hv2 activated", |pb| {
+        pb.options.get("additional-chassis-activated").is_some_and(|a| a == "hv2")
+    })
+    .await?;
+    binding("hv2 activated").await?;
+
+    println!("\n== The CMS reports success ==");
+    demo.nbctl(&["set", "Logical_Switch_Port", "vm", "external_ids:migration-phase=succeeded"]).await?;
+    demo.show_options("vm").await?;
+    wait_for("hv2 alone", |pb| pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty())
+        .await?;
+    binding("hv2 alone").await?;
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !shared.timelines.get("vm").is_some_and(|m| m.sb_state() == "single-chassis")
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("\n== The proxy's timeline (ovs-appctl migrations/show vm) ==");
+    print!("{}", shared.timelines.render_show("vm").unwrap_or_default());
+    stop.cancel();
+    let _ = serving.await;
+    Ok(())
+}
+
+async fn wait_synced(shared: &crate::proxy::Shared) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !shared.cache.is_synced() {
+        if Instant::now() > deadline {
+            bail!("the proxy's port monitor did not synchronise within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }
 

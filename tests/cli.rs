@@ -83,6 +83,10 @@ fn the_demo_walks_through_and_leaves_nothing_running() {
         "vm2 options = {requested-chassis=hv1}",
         "vm3 options = {activation-strategy=rarp, requested-chassis=\"hv1,hv2\"}",
         "ovn_nb_proxy_reconciles_total{outcome=\"applied\"} 1",
+        "SB Port_Binding vm [both bound, hv2 blocked until the RARP]: chassis=hv1 additional=[\"hv2\"]",
+        "activated=hv2",
+        "SB Port_Binding vm [hv2 alone]: chassis=hv2 additional=[]",
+        "single-chassis",
     ] {
         assert!(stdout.contains(step), "demo output lacks {step:?}:\n{stdout}");
     }

@@ -273,7 +273,7 @@ async fn two_hypervisors(dir: &std::path::Path) -> Result<()> {
     binding("hv2 alone").await?;
 
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !shared.timelines.get("vm").is_some_and(|m| m.sb_state() == "single-chassis")
+    while shared.timelines.get("vm").is_none_or(|m| m.sb_state() != "single-chassis")
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;

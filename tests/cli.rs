@@ -92,7 +92,7 @@ fn the_demo_walks_through_and_leaves_nothing_running() {
     }
     let dir = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("• done: stopping ovsdb-server and removing "))
+        .find_map(|l| l.strip_prefix("• done: stopping everything and removing "))
         .expect("the demo names its temp dir")
         .to_string();
     assert!(!std::path::Path::new(&dir).exists(), "temp dir {dir} removed");

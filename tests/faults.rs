@@ -10,13 +10,27 @@ fn the_database_restarts_under_the_proxy() {
     let mut nb = nb();
     ovn_nbctl(
         &nb.server.unix_remote(),
-        &["ls-add", "sw0", "--", "lsp-add", "sw0", "vm1", "--", "lsp-set-options", "vm1", "requested-chassis=hv1"],
+        &[
+            "ls-add",
+            "sw0",
+            "--",
+            "lsp-add",
+            "sw0",
+            "vm1",
+            "--",
+            "lsp-set-options",
+            "vm1",
+            "requested-chassis=hv1",
+        ],
     )
     .expect("seed");
     let mut p = Proxy::start(&nb.server.unix_remote(), &[]);
     p.wait_log("port cache synchronised", Duration::from_secs(5));
     ovn_nbctl(&p.unix_remote(), &["ls-add", "acked-before"]).expect("acknowledged before the crash");
-    let mut mon = Watcher::start("ovsdb-client", &["monitor", &p.unix_remote(), "OVN_Northbound", "Logical_Switch", "name"]);
+    let mut mon = Watcher::start(
+        "ovsdb-client",
+        &["monitor", &p.unix_remote(), "OVN_Northbound", "Logical_Switch", "name"],
+    );
     mon.wait_for("acked-before");
     nb.server.restart().expect("restart");
     let t0 = Instant::now();
@@ -33,11 +47,17 @@ fn the_database_restarts_under_the_proxy() {
     assert!(names.contains("acked-before") && names.contains("after-restart"), "{names}");
     // The reconciler resumed on the new monitor: a tag written around the proxy is fixed.
     eventually("the monitor resynchronised", || p.log_text().matches("port cache synchronised").count() >= 2);
-    ovn_nbctl(&nb.server.unix_remote(), &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"])
-        .expect("direct tag");
+    ovn_nbctl(
+        &nb.server.unix_remote(),
+        &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"],
+    )
+    .expect("direct tag");
     eventually("reconciled after the restart", || {
-        ovn_nbctl(&nb.server.unix_remote(), &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"])
-            .is_ok_and(|o| o.trim() == "\"hv1,hv2\"")
+        ovn_nbctl(
+            &nb.server.unix_remote(),
+            &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"],
+        )
+        .is_ok_and(|o| o.trim() == "\"hv1,hv2\"")
     });
 }
 
@@ -47,7 +67,8 @@ fn a_client_killed_mid_monitor_closes_its_upstream_session() {
     let p = Proxy::start(&nb.server.unix_remote(), &[]);
     let ctl = nb.dir.path().join("ovsdb-server.ctl");
     let sessions = || {
-        let out = run_tool("ovs-appctl", &["-t", &ctl.to_string_lossy(), "memory/show"]).expect("memory/show");
+        let out =
+            run_tool("ovs-appctl", &["-t", &ctl.to_string_lossy(), "memory/show"]).expect("memory/show");
         // "... monitors:N sessions:M" — count the server's sessions.
         out.split_whitespace()
             .find_map(|kv| kv.strip_prefix("sessions:"))

@@ -58,8 +58,9 @@ impl World {
         let name = format!("sw-after-{}", self.round);
         ovn_nbctl(&self.p.unix_remote(), &["ls-add", &name]).unwrap_or_else(|e| panic!("{case}: {e:#}"));
         self.watcher.wait_for(&name);
-        let names = ovn_nbctl(&self.nb.server.unix_remote(), &["--bare", "--columns=name", "list", "Logical_Switch"])
-            .expect("list");
+        let names =
+            ovn_nbctl(&self.nb.server.unix_remote(), &["--bare", "--columns=name", "list", "Logical_Switch"])
+                .expect("list");
         let mut names: Vec<&str> = names.lines().filter(|l| !l.is_empty()).collect();
         names.sort();
         let mut want: Vec<String> = (1..=self.round).map(|i| format!("sw-after-{i}")).collect();
@@ -74,7 +75,11 @@ impl World {
 #[test]
 fn malformed_messages_hurt_nobody_else() {
     let mut w = World::new(&["--max-frame-size=8388608"]);
-    let deep = format!("{{\"method\":\"echo\",\"params\":[{}{}],\"id\":1}}", "[".repeat(200_000), "]".repeat(200_000));
+    let deep = format!(
+        "{{\"method\":\"echo\",\"params\":[{}{}],\"id\":1}}",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
     let nested_txn = format!(
         "{{\"method\":\"transact\",\"params\":[\"OVN_Northbound\",{{\"op\":\"insert\",\"table\":\"Logical_Switch_Port\",\"row\":{{\"name\":\"x\",\"external_ids\":{}1{}}}}}],\"id\":2}}",
         "[".repeat(5000),
@@ -120,7 +125,8 @@ fn three_hundred_connections_opened_and_dropped_at_once() {
     assert!(conns.len() >= 250, "only {} connections accepted into the backlog", conns.len());
     drop(conns);
     eventually("the dropped sessions are gone", || {
-        w.p.appctl(&["proxy/show"]).is_ok_and(|s| s.contains("sessions: 1 open") || s.contains("sessions: 0 open"))
+        w.p.appctl(&["proxy/show"])
+            .is_ok_and(|s| s.contains("sessions: 1 open") || s.contains("sessions: 0 open"))
     });
     w.still_fine("300 connections");
 }

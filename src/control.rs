@@ -50,6 +50,8 @@ pub struct ProxyInfo {
     pub dry_run: bool,
     pub finalize: bool,
     pub log: Option<Arc<dyn LogControl>>,
+    /// The upstreams, for the cluster leader in `proxy/show`.
+    pub upstream_state: Option<Arc<crate::proxy::Upstreams>>,
 }
 
 fn args(p: Params) -> Vec<String> {
@@ -115,6 +117,10 @@ pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken
         let mut out = String::new();
         out.push_str(&format!("listeners: {}\n", info.listeners.join(" ")));
         out.push_str(&format!("upstream: {}\n", info.upstreams.join(",")));
+        if let Some(u) = info.upstream_state.as_ref().filter(|u| u.remotes().len() > 1) {
+            let leader = u.leader.as_ref().and_then(|t| t.leader()).map(|i| u.remotes()[i].to_string());
+            out.push_str(&format!("cluster leader: {}\n", leader.unwrap_or_else(|| "(unknown)".into())));
+        }
         let sb = if info.sb.is_empty() { "(not watched)".to_string() } else { info.sb.join(",") };
         out.push_str(&format!("southbound: {sb}\n"));
         out.push_str(&format!("sessions: {} open, {} total\n", m.sessions_open.get(), m.sessions.get()));
@@ -122,6 +128,9 @@ pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken
         out.push_str(&format!("port cache: {} ports, {synced}\n", s.cache.len()));
         out.push_str(&format!("migrations in progress: {}\n", s.timelines.in_progress()));
         out.push_str(&format!("dry run: {}, finalize on activation: {}\n", info.dry_run, info.finalize));
+        let active =
+            if m.reconciler_lock_held.get() == 1 { "yes" } else { "no (another proxy holds the lock)" };
+        out.push_str(&format!("active reconciler: {active}\n"));
         text(out)
     });
     let s = shared.clone();

@@ -41,6 +41,16 @@ enum LogFormat {
 enum Command {
     /// Start a throw-away NB database with the proxy in front and drive ovn-nbctl through it.
     Demo,
+    /// Play a `--record` transcript against a database and compare every reply with the
+    /// recorded one (uuids paired, per-database values ignored). Exit 0: all equal; 1: a
+    /// mismatch (a diff per message is printed); 2: the replay could not run.
+    Replay {
+        /// The transcript: one session's file, or several concatenated (replayed in order).
+        file: std::path::PathBuf,
+        /// The database: unix:PATH or tcp:HOST:PORT, comma-separated, tried in order.
+        #[arg(long, value_name = "REMOTE[,REMOTE...]")]
+        upstream: String,
+    },
     /// Validate a policy config file (unknown keys are errors); exit non-zero naming the problem.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -92,6 +102,28 @@ struct RunArgs {
     /// Seconds open sessions may run on after SIGTERM before they are closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     drain_grace: u64,
+    /// PEM private key for SSL (pssl: listeners, ssl: upstreams).
+    #[arg(short = 'p', long, value_name = "FILE")]
+    private_key: Option<std::path::PathBuf>,
+    /// PEM certificate for SSL, signed by the CA.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    certificate: Option<std::path::PathBuf>,
+    /// PEM CA certificate: clients must present a certificate it signed; upstreams are checked against it.
+    #[arg(short = 'C', long, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Where client sessions go in a cluster: `leader` (default), or `first` for a sidecar
+    /// that fronts its local member (the first --upstream) while following the leader itself.
+    #[arg(long, value_name = "leader|first", default_value = "leader")]
+    session_upstream: SessionUpstream,
+    /// Name of the OVSDB lock that elects the one active reconciler among several proxies.
+    #[arg(long, value_name = "NAME", default_value = "ovn_nb_proxy_reconciler")]
+    reconciler_lock: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SessionUpstream {
+    Leader,
+    First,
 }
 
 /// The tracing filter behind a reload handle, for `ovs-appctl vlog/set` and `vlog/list`.
@@ -161,6 +193,9 @@ fn config(args: RunArgs) -> Result<Config> {
         cfg.policy = load_policy(path)?.migration;
     }
     cfg.metrics = args.metrics;
+    cfg.sessions_to_first = args.session_upstream == SessionUpstream::First;
+    cfg.reconciler_lock = args.reconciler_lock.clone();
+
     cfg.drain_grace = Duration::from_secs(args.drain_grace);
     cfg.dry_run = args.dry_run;
     if let Some(sb) = &args.sb_db {
@@ -176,6 +211,20 @@ fn config(args: RunArgs) -> Result<Config> {
     cfg.max_sessions = args.max_sessions;
     cfg.max_frame = args.max_frame_size;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+    // After --sb-db: any ssl: remote needs the three files.
+    let wants_tls =
+        cfg.listen.iter().any(|l| l.is_ssl()) || cfg.upstreams.iter().chain(&cfg.sb).any(|u| u.is_ssl());
+    cfg.tls = match (&args.private_key, &args.certificate, &args.ca_cert) {
+        (Some(p), Some(c), Some(ca)) => {
+            Some(Arc::new(ovn_nb_proxy::tls::Tls::load(ovn_nb_proxy::tls::TlsFiles {
+                private_key: p.clone(),
+                certificate: c.clone(),
+                ca_cert: ca.clone(),
+            })?))
+        }
+        (None, None, None) if !wants_tls => None,
+        _ => bail!("SSL needs all of --private-key (-p), --certificate (-c) and --ca-cert (-C)"),
+    };
     Ok(cfg)
 }
 
@@ -235,6 +284,32 @@ async fn main() -> Result<()> {
     cancel_on_signals(shutdown.clone())?;
     match cli.command {
         Some(Command::Demo) => ovn_nb_proxy::demo::run(shutdown).await,
+        Some(Command::Replay { file, upstream }) => {
+            let replayed = match parse_upstreams(&upstream) {
+                Ok(upstreams) => {
+                    let task =
+                        tokio::task::spawn_blocking(move || ovn_nb_proxy::replay::run(&file, &upstreams));
+                    match task.await {
+                        Ok(r) => r.map_err(anyhow::Error::from),
+                        Err(e) => Err(anyhow::Error::from(e).context("replay task")),
+                    }
+                }
+                Err(e) => Err(anyhow::Error::from(e).context("--upstream")),
+            };
+            match replayed {
+                Ok(report) => {
+                    print!("{report}");
+                    if !report.passed() {
+                        std::process::exit(1);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("replay: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Some(Command::CheckConfig { config }) => {
             load_policy(&config)?;
             println!("{}: ok", config.display());

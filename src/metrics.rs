@@ -25,6 +25,9 @@ pub struct Metrics {
     pub reconciles: Family<Label, Counter>,
     pub monitor_resyncs: Counter,
     pub upstream_reconnects: Counter,
+    pub leader_changes: Counter,
+    pub reconciler_lock_held: Gauge,
+    pub tls_handshake_failures: Counter,
     pub migrations_in_progress: Gauge,
     /// Tagged → single chassis again, from the SB timeline (only with `--sb-db`).
     pub migration_seconds: Histogram,
@@ -47,6 +50,9 @@ impl Default for Metrics {
             reconciles: Family::default(),
             monitor_resyncs: Counter::default(),
             upstream_reconnects: Counter::default(),
+            leader_changes: Counter::default(),
+            reconciler_lock_held: Gauge::default(),
+            tls_handshake_failures: Counter::default(),
             migrations_in_progress: Gauge::default(),
             migration_seconds: Histogram::new(
                 [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0].into_iter(),
@@ -88,6 +94,21 @@ impl Metrics {
             "upstream_reconnects",
             "Reconnections of the proxy's own monitor connections after a loss",
             m.upstream_reconnects.clone(),
+        );
+        r.register(
+            "leader_changes",
+            "Moves of the cluster leader seen by the proxy",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "reconciler_lock_held",
+            "1 while this proxy holds the reconciler lock (is the active reconciler)",
+            m.reconciler_lock_held.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed (no or untrusted certificate, timeout)",
+            m.tls_handshake_failures.clone(),
         );
         r.register(
             "migrations_in_progress",

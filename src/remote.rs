@@ -1,8 +1,8 @@
 //! OVS remote syntax, as `ovsdb-server --remote` and `ovn-nbctl --db` spell it.
 //!
-//! Active (we connect): `unix:PATH`, `tcp:HOST:PORT`, `tcp:[IPv6]:PORT`.
-//! Passive (we listen): `punix:PATH`, `ptcp:PORT[:IP]` with IP defaulting to 127.0.0.1: the
-//! proxy never listens on every interface unless told to (`ptcp:6641:0.0.0.0`).
+//! Active (we connect): `unix:PATH`, `tcp:HOST:PORT`, `ssl:HOST:PORT` (IPv6 as `[addr]`).
+//! Passive (we listen): `punix:PATH`, `ptcp:PORT[:IP]`, `pssl:PORT[:IP]` with IP defaulting to
+//! 127.0.0.1: the proxy never listens on every interface unless told to (`ptcp:6641:0.0.0.0`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,10 +12,8 @@ use std::path::PathBuf;
 pub enum RemoteError {
     #[error("empty remote")]
     Empty,
-    #[error("remote {0:?}: unknown method (expected unix:, tcp:, punix: or ptcp:)")]
+    #[error("remote {0:?}: unknown method (expected unix:, tcp:, ssl:, punix:, ptcp: or pssl:)")]
     UnknownMethod(String),
-    #[error("remote {0:?}: SSL remotes are not supported by this build")]
-    Ssl(String),
     #[error("remote {0:?}: {1}")]
     Invalid(String, &'static str),
     #[error("remote {0:?} is passive; an upstream must be active (unix: or tcp:)")]
@@ -29,6 +27,7 @@ pub enum RemoteError {
 pub enum Active {
     Unix(PathBuf),
     Tcp { host: String, port: u16 },
+    Ssl { host: String, port: u16 },
 }
 
 /// Where the proxy listens for clients.
@@ -36,6 +35,19 @@ pub enum Active {
 pub enum Passive {
     Unix(PathBuf),
     Tcp { port: u16, ip: IpAddr },
+    Ssl { port: u16, ip: IpAddr },
+}
+
+impl Active {
+    pub fn is_ssl(&self) -> bool {
+        matches!(self, Active::Ssl { .. })
+    }
+}
+
+impl Passive {
+    pub fn is_ssl(&self) -> bool {
+        matches!(self, Passive::Ssl { .. })
+    }
 }
 
 fn port(remote: &str, s: &str) -> Result<u16, RemoteError> {
@@ -89,11 +101,16 @@ impl std::str::FromStr for Remote {
         match method {
             "unix" => Ok(Remote::Active(Active::Unix(path(s, rest)?))),
             "punix" => Ok(Remote::Passive(Passive::Unix(path(s, rest)?))),
-            "tcp" => {
+            "tcp" | "ssl" => {
                 let (host, p) = host_port(s, rest)?;
-                Ok(Remote::Active(Active::Tcp { host: host.into(), port: port(s, p)? }))
+                let (host, port) = (host.to_string(), port(s, p)?);
+                Ok(Remote::Active(if method == "ssl" {
+                    Active::Ssl { host, port }
+                } else {
+                    Active::Tcp { host, port }
+                }))
             }
-            "ptcp" => {
+            "ptcp" | "pssl" => {
                 let (p, ip) = match rest.split_once(':') {
                     None => (rest, IpAddr::V4(Ipv4Addr::LOCALHOST)),
                     Some((p, ip)) => {
@@ -104,9 +121,13 @@ impl std::str::FromStr for Remote {
                         (p, ip)
                     }
                 };
-                Ok(Remote::Passive(Passive::Tcp { port: port(s, p)?, ip }))
+                let port = port(s, p)?;
+                Ok(Remote::Passive(if method == "pssl" {
+                    Passive::Ssl { port, ip }
+                } else {
+                    Passive::Tcp { port, ip }
+                }))
             }
-            "ssl" | "pssl" => Err(RemoteError::Ssl(s.into())),
             _ => Err(RemoteError::UnknownMethod(s.into())),
         }
     }
@@ -135,6 +156,8 @@ impl fmt::Display for Active {
             Active::Unix(p) => write!(f, "unix:{}", p.display()),
             Active::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Active::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+            Active::Ssl { host, port } if host.contains(':') => write!(f, "ssl:[{host}]:{port}"),
+            Active::Ssl { host, port } => write!(f, "ssl:{host}:{port}"),
         }
     }
 }
@@ -145,6 +168,8 @@ impl fmt::Display for Passive {
             Passive::Unix(p) => write!(f, "punix:{}", p.display()),
             Passive::Tcp { port, ip: IpAddr::V6(ip) } => write!(f, "ptcp:{port}:[{ip}]"),
             Passive::Tcp { port, ip } => write!(f, "ptcp:{port}:{ip}"),
+            Passive::Ssl { port, ip: IpAddr::V6(ip) } => write!(f, "pssl:{port}:[{ip}]"),
+            Passive::Ssl { port, ip } => write!(f, "pssl:{port}:{ip}"),
         }
     }
 }
@@ -165,6 +190,9 @@ mod tests {
             ("ptcp:0:0.0.0.0", "ptcp:0:0.0.0.0"),
             ("ptcp:6641:[::1]", "ptcp:6641:[::1]"),
             ("ptcp:6641:::1", "ptcp:6641:[::1]"),
+            ("ssl:127.0.0.1:6641", "ssl:127.0.0.1:6641"),
+            ("ssl:[::1]:6641", "ssl:[::1]:6641"),
+            ("pssl:6641", "pssl:6641:127.0.0.1"),
         ];
         for (input, shown) in cases {
             let r: Remote = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -189,7 +217,8 @@ mod tests {
             ("unix:", "missing socket path"),
             ("ptcp:x", "port must be a number"),
             ("ptcp:6641:localhost", "must be an IP address"),
-            ("ssl:127.0.0.1:6641", "SSL"),
+            ("ssl:127.0.0.1", "expected HOST:PORT"),
+            ("pssl:x", "port must be a number"),
         ];
         for (input, why) in cases {
             let err = input.parse::<Remote>().expect_err(input).to_string();

@@ -4,6 +4,7 @@
 //! together. The server keeps per-session state (monitors, locks, `wait` triggers); sharing an
 //! upstream would need id, monitor and lock rewriting, and a dead client would keep its locks.
 
+mod cluster;
 mod http;
 mod listener;
 mod monitor;
@@ -21,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 pub use listener::{BoundAddr, ListenError, Listener};
-pub use upstream::{connect_any, UpstreamError};
+pub use upstream::{Pick, UpstreamError, Upstreams};
 
 use crate::cache::LspCache;
 use crate::metrics::Metrics;
@@ -61,6 +62,12 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Run-time log filter control (`vlog/set`), when the binary provides one.
     pub log_control: Option<Arc<dyn crate::control::LogControl>>,
+    /// Certificates for `pssl:` listeners and `ssl:` upstreams.
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Sidecar deployment: client sessions go to the first upstream (the local member).
+    pub sessions_to_first: bool,
+    /// Name of the OVSDB lock that elects the active reconciler among several proxies.
+    pub reconciler_lock: String,
 }
 
 /// What every session and the monitors share.
@@ -126,6 +133,9 @@ impl Config {
             metrics: None,
             drain_grace: Duration::from_secs(10),
             log_control: None,
+            tls: None,
+            sessions_to_first: false,
+            reconciler_lock: "ovn_nb_proxy_reconciler".into(),
         }
     }
 }
@@ -134,6 +144,8 @@ impl Config {
 pub struct Proxy {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
+    nb: Arc<Upstreams>,
+    sb: Option<Arc<Upstreams>>,
     listeners: Vec<Listener>,
     unixctl: Option<Listener>,
     metrics: Option<tokio::net::TcpListener>,
@@ -144,7 +156,7 @@ impl Proxy {
     pub async fn bind(cfg: Config) -> Result<Self, ListenError> {
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for p in &cfg.listen {
-            listeners.push(Listener::bind(p).await?);
+            listeners.push(Listener::bind(p, cfg.tls.as_ref()).await?);
         }
         let finalize = cfg.finalize_on_activation && !cfg.sb.is_empty();
         let shared = Arc::new(Shared::new(cfg.policy.clone(), cfg.dry_run, finalize));
@@ -160,7 +172,15 @@ impl Proxy {
             ),
             None => None,
         };
-        Ok(Self { cfg: Arc::new(cfg), shared, listeners, unixctl, metrics })
+        let nb = Arc::new(Upstreams::new(
+            cfg.upstreams.clone(),
+            cfg.connect_timeout,
+            cfg.tls.clone(),
+            cfg.sessions_to_first,
+        ));
+        let sb = (!cfg.sb.is_empty())
+            .then(|| Arc::new(Upstreams::new(cfg.sb.clone(), cfg.connect_timeout, cfg.tls.clone(), false)));
+        Ok(Self { cfg: Arc::new(cfg), shared, nb, sb, listeners, unixctl, metrics })
     }
 
     /// The port cache, the metrics and the policy, shared with every session.
@@ -186,8 +206,18 @@ impl Proxy {
         let hard = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
         let next_id = Arc::new(AtomicU64::new(1));
-        tracker.spawn(probe_upstream(self.cfg.clone(), shutdown.clone()));
-        monitor::spawn(&self.cfg, self.shared.clone(), &tracker, shutdown.clone());
+        tracker.spawn(probe_upstream(self.nb.clone(), shutdown.clone()));
+        monitor::spawn(
+            self.nb.clone(),
+            self.sb.clone(),
+            self.cfg.reconciler_lock.clone(),
+            self.shared.clone(),
+            &tracker,
+            shutdown.clone(),
+        );
+        if let Some(tls) = &self.cfg.tls {
+            tracker.spawn(tls.clone().watch(Duration::from_secs(2), shutdown.clone()));
+        }
         if let Some(ctl) = self.unixctl {
             let info = crate::control::ProxyInfo {
                 listeners: self.listeners.iter().map(|l| l.local_addr().to_string()).collect(),
@@ -196,6 +226,7 @@ impl Proxy {
                 dry_run: self.cfg.dry_run,
                 finalize: self.shared.finalize,
                 log: self.cfg.log_control.clone(),
+                upstream_state: Some(self.nb.clone()),
             };
             let io = Arc::new(crate::control::handler(self.shared.clone(), info, shutdown.clone()));
             tracker.spawn(unixctl::serve(ctl, io, shutdown.clone()));
@@ -206,7 +237,7 @@ impl Proxy {
         let sessions = TaskTracker::new();
         for listener in self.listeners {
             info!(listen = %listener.local_addr(), "listening");
-            let (cfg, shared) = (self.cfg.clone(), self.shared.clone());
+            let (cfg, shared, nb) = (self.cfg.clone(), self.shared.clone(), self.nb.clone());
             let (permits, next_id, sessions) = (permits.clone(), next_id.clone(), sessions.clone());
             let (shutdown, hard) = (shutdown.clone(), hard.clone());
             tracker.spawn(async move {
@@ -230,12 +261,12 @@ impl Proxy {
                     };
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("session", id, peer = %peer);
-                    let (cfg, shared, hard) = (cfg.clone(), shared.clone(), hard.clone());
+                    let (cfg, shared, nb, hard) = (cfg.clone(), shared.clone(), nb.clone(), hard.clone());
                     sessions.spawn(
                         async move {
                             shared.metrics.sessions.inc();
                             shared.metrics.sessions_open.inc();
-                            session::run(io, id, &peer, &cfg, &shared, hard).await;
+                            session::run(io, id, &peer, &cfg, &nb, &shared, hard).await;
                             shared.metrics.sessions_open.dec();
                             drop(permit);
                         }
@@ -266,12 +297,12 @@ impl Proxy {
 
 /// Logs whether the upstream can be reached, retrying with backoff until it can. Sessions do
 /// not wait for it: each connects on its own and fails alone.
-async fn probe_upstream(cfg: Arc<Config>, shutdown: CancellationToken) {
+async fn probe_upstream(nb: Arc<Upstreams>, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(250);
     loop {
-        match connect_any(&cfg.upstreams, cfg.connect_timeout).await {
-            Ok((_, remote)) => {
-                info!(upstream = %remote, "upstream reachable");
+        match nb.connect(Pick::Session).await {
+            Ok(link) => {
+                info!(upstream = %link.remote, "upstream reachable");
                 return;
             }
             Err(e) => warn!(error = %e, retry_in = ?delay, "upstream unreachable"),

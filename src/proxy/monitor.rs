@@ -22,11 +22,11 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::upstream::{connect_any, BoxIo};
+use super::cluster::ServerWatch;
+use super::upstream::{BoxIo, Pick, Upstreams};
 use super::Shared;
 use crate::cache::{sb, SbCache, Touched, COLUMNS};
 use crate::policy::{plan_reconcile, LspState, LSP_TABLE, NB_DB};
-use crate::remote::Active;
 use crate::rewrite::show_opts;
 use crate::timeline::{Phase, Stage};
 use crate::wire::FrameCodec;
@@ -48,17 +48,34 @@ enum MonitorError {
     Refused(String),
 }
 
+/// A request a handler wants sent on its connection (the loop gives it an id).
+struct Req {
+    method: &'static str,
+    params: Value,
+}
+
+fn transact(params: Value) -> Req {
+    Req { method: "transact", params }
+}
+
 /// What one monitor connection does with what it receives. Each method returns the requests
-/// to send (without ids: the loop numbers them).
+/// to send.
 trait Handler {
     fn label(&self) -> &'static str;
     /// The `monitor_cond` params: `[db, monitor-id, requests]`.
     fn monitor_params(&self) -> Value;
-    fn initial(&mut self, result: &Value) -> Vec<Value>;
-    fn update(&mut self, updates: &Value) -> Vec<Value>;
-    fn reply(&mut self, request: &Value, reply: &Value) -> Vec<Value>;
+    fn initial(&mut self, result: &Value) -> Vec<Req>;
+    fn update(&mut self, updates: &Value) -> Vec<Req>;
+    /// A reply to one of the handler's own requests (`request` is what was sent).
+    fn reply(&mut self, _request: &Value, _reply: &Value) -> Vec<Req> {
+        Vec::new()
+    }
+    /// A notification other than `update2` (`locked`, `stolen`).
+    fn notification(&mut self, _method: &str, _params: &Value) -> Vec<Req> {
+        Vec::new()
+    }
     /// Something outside asks to look at `key` again.
-    fn poke(&mut self, _key: String) -> Vec<Value> {
+    fn poke(&mut self, _key: String) -> Vec<Req> {
         Vec::new()
     }
     fn disconnected(&mut self) {}
@@ -67,8 +84,8 @@ trait Handler {
 
 /// Keeps one monitor connection up (reconnecting with backoff, resynchronising each time).
 async fn run<H: Handler>(
-    upstreams: Vec<Active>,
-    timeout: Duration,
+    upstreams: Arc<Upstreams>,
+    pick: Pick,
     mut h: H,
     mut pokes: mpsc::Receiver<String>,
     shutdown: CancellationToken,
@@ -76,17 +93,20 @@ async fn run<H: Handler>(
     let mut delay = Duration::from_millis(250);
     let mut lost = false;
     loop {
-        match connect_any(&upstreams, timeout).await {
-            Ok((io, remote)) => {
-                debug!(upstream = %remote, monitor = h.label(), "monitor connected");
+        match upstreams.connect(pick).await {
+            Ok(link) => {
+                debug!(upstream = %link.remote, monitor = h.label(), "monitor connected");
                 if lost {
                     h.reconnected();
                 }
                 lost = true;
                 delay = Duration::from_millis(250);
+                let demoted = link.demoted.clone().unwrap_or_default();
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = session(io, &mut h, &mut pokes) => r,
+                    // The monitor follows the leader (its writes need the leader's lock).
+                    _ = demoted.cancelled(), if pick == Pick::Leader => Ok(()),
+                    r = session(link.io, &mut h, &mut pokes) => r,
                 };
                 h.disconnected();
                 if let Err(e) = r {
@@ -126,19 +146,19 @@ async fn session<H: Handler>(
                 while let Some(chunk) = codec.decode(&mut buf)? {
                     let Ok(msg) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
                     let id = msg.get("id").cloned().unwrap_or(Value::Null);
+                    let params = msg.get("params").cloned().unwrap_or(json!([]));
                     match msg.get("method").and_then(Value::as_str) {
                         // The server's inactivity probe: answer it, or it drops us.
                         Some("echo") if !id.is_null() => {
-                            let params = msg.get("params").cloned().unwrap_or(json!([]));
                             let reply = json!({"id": id, "result": params, "error": null});
                             w.write_all(reply.to_string().as_bytes()).await?;
                         }
                         Some("update2") => {
-                            if let Some(u) = msg.get("params").and_then(|p| p.get(1)) {
+                            if let Some(u) = params.get(1) {
                                 out.extend(h.update(u));
                             }
                         }
-                        Some(_) => {}
+                        Some(method) => out.extend(h.notification(method, &params)),
                         None if id.as_u64() == Some(MONITOR_REQ_ID) => {
                             if let Some(err) = msg.get("error").filter(|e| !e.is_null()) {
                                 return Err(MonitorError::Refused(err.to_string()));
@@ -156,35 +176,85 @@ async fn session<H: Handler>(
             }
             Some(key) = pokes.recv(), if synced => out.extend(h.poke(key)),
         }
-        for params in out {
+        for req in out {
             let id = next_id;
             next_id += 1;
-            let req = json!({"method": "transact", "params": params, "id": id});
-            w.write_all(req.to_string().as_bytes()).await?;
-            sent.insert(id, req);
+            let msg = json!({"method": req.method, "params": req.params, "id": id});
+            w.write_all(msg.to_string().as_bytes()).await?;
+            sent.insert(id, msg);
         }
     }
 }
 
-/// Starts the NB monitor (always) and the SB monitor (with `--sb-db`).
+/// Starts the NB monitor (always), the SB monitor (with `--sb-db`), and one `_Server` watch
+/// per member of a cluster.
 pub(super) fn spawn(
-    cfg: &super::Config,
+    nb: Arc<Upstreams>,
+    sb: Option<Arc<Upstreams>>,
+    lock: String,
     shared: Arc<Shared>,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) {
+    if let Some(leader) = &nb.leader {
+        for (i, remote) in nb.remotes().iter().enumerate() {
+            let watch = ServerWatch::new(i, remote.to_string(), leader.clone(), shared.metrics.clone());
+            let (keep, idle) = mpsc::channel(1);
+            let (nb, shutdown) = (nb.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                let _keep = keep;
+                run(nb, Pick::Member(i), watch, idle, shutdown).await
+            });
+        }
+    }
     let (poke_tx, poke_rx) = mpsc::channel(1024);
-    let nb = NbHandler { shared: shared.clone(), in_flight: HashMap::new(), attempts: HashMap::new() };
-    tracker.spawn(run(cfg.upstreams.clone(), cfg.connect_timeout, nb, poke_rx, shutdown.clone()));
-    if !cfg.sb.is_empty() {
+    let h = NbHandler {
+        shared: shared.clone(),
+        lock,
+        holding: false,
+        in_flight: HashMap::new(),
+        attempts: HashMap::new(),
+    };
+    tracker.spawn(run(nb, Pick::Leader, h, poke_rx, shutdown.clone()));
+    if let Some(sb) = sb {
         let sbh = SbHandler { shared, cache: SbCache::new(), finalize: poke_tx };
-        let (_never, idle) = mpsc::channel(1);
-        tracker.spawn(run(cfg.sb.clone(), cfg.connect_timeout, sbh, idle, shutdown));
+        let (keep, idle) = mpsc::channel(1);
+        tracker.spawn(async move {
+            let _keep = keep;
+            run(sb, Pick::Leader, sbh, idle, shutdown).await
+        });
+    }
+}
+
+impl Handler for ServerWatch {
+    fn label(&self) -> &'static str {
+        "_Server"
+    }
+
+    fn monitor_params(&self) -> Value {
+        ServerWatch::monitor_params()
+    }
+
+    fn initial(&mut self, result: &Value) -> Vec<Req> {
+        self.apply(result);
+        Vec::new()
+    }
+
+    fn update(&mut self, updates: &Value) -> Vec<Req> {
+        self.apply(updates);
+        Vec::new()
+    }
+
+    fn disconnected(&mut self) {
+        self.lost();
     }
 }
 
 struct NbHandler {
     shared: Arc<Shared>,
+    /// The OVSDB lock that makes one proxy, among several, the active reconciler.
+    lock: String,
+    holding: bool,
     /// Reconcile transactions in flight, by port uuid.
     in_flight: HashMap<String, ()>,
     /// Consecutive failed reconciles per port uuid.
@@ -192,9 +262,11 @@ struct NbHandler {
 }
 
 impl NbHandler {
-    /// A conditional fix for a row, if the policy wants one and none is in flight.
-    fn reconcile(&mut self, before: Option<&LspState>, row: &LspState) -> Option<Value> {
-        if self.in_flight.contains_key(&row.uuid) {
+    /// A conditional fix for a row, if the policy wants one, this proxy holds the reconciler
+    /// lock, and no fix for the row is in flight. The transaction asserts the lock, so a proxy
+    /// that lost it in the meantime writes nothing.
+    fn reconcile(&mut self, before: Option<&LspState>, row: &LspState) -> Option<Req> {
+        if !self.holding || self.in_flight.contains_key(&row.uuid) {
             return None;
         }
         let shared = &self.shared;
@@ -216,18 +288,18 @@ impl NbHandler {
             return None;
         }
         self.in_flight.insert(row.uuid.clone(), ());
-        let mut params = vec![json!(NB_DB)];
+        let mut params = vec![json!(NB_DB), json!({"op": "assert", "lock": self.lock})];
         params.extend(ops);
-        Some(Value::Array(params))
+        Some(transact(Value::Array(params)))
     }
 
-    fn touched(&mut self, touched: Vec<Touched>) -> Vec<Value> {
+    fn touched(&mut self, touched: Vec<Touched>) -> Vec<Req> {
         let now = SystemTime::now();
         let mut out = Vec::new();
+        let policy = self.shared.policy();
         for t in touched {
             match &t.after {
                 Some(row) => {
-                    let policy = self.shared.policy();
                     for stage in self.shared.timelines.observe_nb(row, &policy, now) {
                         info!(port = %row.name, stage = %stage.as_str(), "migration");
                     }
@@ -242,6 +314,26 @@ impl NbHandler {
         }
         out
     }
+
+    /// Became the active reconciler: look at every port once.
+    fn took_lock(&mut self) -> Vec<Req> {
+        if self.holding {
+            return Vec::new();
+        }
+        self.holding = true;
+        self.shared.metrics.reconciler_lock_held.set(1);
+        info!(lock = %self.lock, "this proxy is the active reconciler");
+        let rows = crate::policy::LspView::all(&*self.shared.cache);
+        rows.iter().filter_map(|r| self.reconcile(None, r)).collect()
+    }
+
+    fn lost_lock(&mut self) {
+        if self.holding {
+            warn!(lock = %self.lock, "reconciler lock lost");
+        }
+        self.holding = false;
+        self.shared.metrics.reconciler_lock_held.set(0);
+    }
 }
 
 impl Handler for NbHandler {
@@ -253,22 +345,28 @@ impl Handler for NbHandler {
         json!([NB_DB, ["ovn-nb-proxy", LSP_TABLE], {LSP_TABLE: [{"columns": COLUMNS}]}])
     }
 
-    fn initial(&mut self, result: &Value) -> Vec<Value> {
+    fn initial(&mut self, result: &Value) -> Vec<Req> {
         self.in_flight.clear();
         let touched = self.shared.cache.reset(result);
         self.shared.metrics.monitor_resyncs.inc();
         info!(ports = self.shared.cache.len(), "port cache synchronised");
-        self.touched(touched)
+        let mut out = self.touched(touched);
+        // Ask for the reconciler lock; the server answers now or with `locked` later.
+        out.push(Req { method: "lock", params: json!([self.lock]) });
+        out
     }
 
-    fn update(&mut self, updates: &Value) -> Vec<Value> {
+    fn update(&mut self, updates: &Value) -> Vec<Req> {
         let touched = self.shared.cache.apply(updates);
         self.touched(touched)
     }
 
-    fn reply(&mut self, request: &Value, reply: &Value) -> Vec<Value> {
-        // Which row: the wait op's `where` names it.
-        let uuid = request["params"][1]["where"][0][2][1].as_str().unwrap_or_default().to_string();
+    fn reply(&mut self, request: &Value, reply: &Value) -> Vec<Req> {
+        if request["method"] == "lock" {
+            return if reply["result"]["locked"] == json!(true) { self.took_lock() } else { Vec::new() };
+        }
+        // A reconcile: the wait op's `where` names the row.
+        let uuid = request["params"][2]["where"][0][2][1].as_str().unwrap_or_default().to_string();
         self.in_flight.remove(&uuid);
         let results = reply.get("result").and_then(Value::as_array).cloned().unwrap_or_default();
         let failed = reply.get("error").is_some_and(|e| !e.is_null())
@@ -276,6 +374,11 @@ impl Handler for NbHandler {
         if !failed {
             self.shared.metrics.reconciles.get_or_create(&[("outcome", "applied")]).inc();
             self.attempts.remove(&uuid);
+            return Vec::new();
+        }
+        if results.first().and_then(|r| r.get("error")).is_some_and(|e| e == "not owner") {
+            self.shared.metrics.reconciles.get_or_create(&[("outcome", "not_owner")]).inc();
+            self.lost_lock();
             return Vec::new();
         }
         self.shared.metrics.reconciles.get_or_create(&[("outcome", "conflict")]).inc();
@@ -292,8 +395,22 @@ impl Handler for NbHandler {
         self.reconcile(None, &row).into_iter().collect()
     }
 
+    fn notification(&mut self, method: &str, params: &Value) -> Vec<Req> {
+        if params.get(0).and_then(Value::as_str) != Some(self.lock.as_str()) {
+            return Vec::new();
+        }
+        match method {
+            "locked" => self.took_lock(),
+            "stolen" => {
+                self.lost_lock();
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The SB showed the destination of `port` activated: finish the migration.
-    fn poke(&mut self, port: String) -> Vec<Value> {
+    fn poke(&mut self, port: String) -> Vec<Req> {
         let Some(row) = crate::policy::LspView::by_name(&*self.shared.cache, &port) else {
             return Vec::new();
         };
@@ -303,6 +420,7 @@ impl Handler for NbHandler {
     fn disconnected(&mut self) {
         self.shared.cache.set_unsynced();
         self.in_flight.clear();
+        self.lost_lock();
     }
 
     fn reconnected(&mut self) {
@@ -351,7 +469,7 @@ impl Handler for SbHandler {
         json!(["OVN_Southbound", ["ovn-nb-proxy", "sb"], sb::monitor_requests()])
     }
 
-    fn initial(&mut self, result: &Value) -> Vec<Value> {
+    fn initial(&mut self, result: &Value) -> Vec<Req> {
         self.cache.clear();
         let ports = self.cache.apply(result);
         info!(bindings = ports.len(), "southbound view synchronised");
@@ -359,13 +477,9 @@ impl Handler for SbHandler {
         Vec::new()
     }
 
-    fn update(&mut self, updates: &Value) -> Vec<Value> {
+    fn update(&mut self, updates: &Value) -> Vec<Req> {
         let ports = self.cache.apply(updates);
         self.touched(ports);
-        Vec::new()
-    }
-
-    fn reply(&mut self, _request: &Value, _reply: &Value) -> Vec<Value> {
         Vec::new()
     }
 }

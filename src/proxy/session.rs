@@ -15,7 +15,8 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::upstream::{connect_any, BoxIo};
+use super::listener::Incoming;
+use super::upstream::{Pick, Upstreams};
 use super::{Config, Shared};
 use crate::record::Recorder;
 use crate::rewrite::{cancelled_id, fix_reply, inspect_request, show_opts, PendingMap};
@@ -66,18 +67,28 @@ fn log_end(dir: &str, r: &Result<(), RelayError>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
-    client: BoxIo,
+    incoming: Incoming,
     id: u64,
     peer: &str,
     cfg: &Config,
+    upstreams: &Upstreams,
     shared: &Shared,
     shutdown: CancellationToken,
 ) {
-    let upstream = match connect_any(&cfg.upstreams, cfg.connect_timeout).await {
-        Ok((io, remote)) => {
-            debug!(upstream = %remote, "session open");
-            io
+    let client = match incoming.establish().await {
+        Ok(io) => io,
+        Err(e) => {
+            shared.metrics.tls_handshake_failures.inc();
+            warn!(error = %e, "client TLS handshake failed: closing");
+            return;
+        }
+    };
+    let (upstream, demoted) = match upstreams.connect(Pick::Session).await {
+        Ok(link) => {
+            debug!(upstream = %link.remote, "session open");
+            (link.io, link.demoted.unwrap_or_default())
         }
         Err(e) => {
             warn!(error = %e, "closing client: no upstream");
@@ -115,6 +126,7 @@ pub(super) async fn run(
         }
         r = &mut down => log_end("server→client", &r),
         _ = shutdown.cancelled() => info!("proxy stopping: session closed at the end of the grace period"),
+        _ = demoted.cancelled() => info!("the upstream is no longer the cluster leader: session closed, the client reconnects"),
     }
     debug!("session closed");
 }

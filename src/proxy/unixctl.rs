@@ -18,7 +18,7 @@ use crate::wire::FrameCodec;
 const MAX_REQUEST: usize = 1 << 20;
 
 pub(super) async fn bind(path: &Path) -> Result<Listener, ListenError> {
-    Listener::bind(&Passive::Unix(path.to_path_buf())).await
+    Listener::bind(&Passive::Unix(path.to_path_buf()), None).await
 }
 
 pub(super) async fn serve(listener: Listener, io: Arc<jsonrpc_core::IoHandler>, shutdown: CancellationToken) {
@@ -28,9 +28,10 @@ pub(super) async fn serve(listener: Listener, io: Arc<jsonrpc_core::IoHandler>, 
             _ = shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
-        let Ok((mut stream, _)) = accepted else { continue };
+        let Ok((incoming, _)) = accepted else { continue };
         let io = io.clone();
         tokio::spawn(async move {
+            let Ok(mut stream) = incoming.establish().await else { return };
             let mut codec = FrameCodec::new(MAX_REQUEST);
             let mut buf = BytesMut::with_capacity(4096);
             loop {

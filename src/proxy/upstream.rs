@@ -6,8 +6,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::remote::Active;
+use crate::tls::{server_name, Tls};
 
-/// A byte stream of either leg (TCP or unix; TLS later), boxed so a session is one type.
+/// A byte stream of either leg (unix, TCP or TLS), boxed so a session is one type.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 pub type BoxIo = Box<dyn Io>;
@@ -29,7 +30,7 @@ pub(crate) fn tune_tcp(s: &TcpStream, keepalive: bool) {
     }
 }
 
-async fn connect_one(remote: &Active) -> std::io::Result<BoxIo> {
+async fn connect_one(remote: &Active, tls: Option<&Tls>) -> std::io::Result<BoxIo> {
     match remote {
         Active::Unix(path) => Ok(Box::new(UnixStream::connect(path).await?)),
         Active::Tcp { host, port } => {
@@ -37,18 +38,99 @@ async fn connect_one(remote: &Active) -> std::io::Result<BoxIo> {
             tune_tcp(&s, true);
             Ok(Box::new(s))
         }
+        Active::Ssl { host, port } => {
+            let tls = tls.ok_or_else(|| {
+                std::io::Error::other("SSL upstream needs --private-key, --certificate and --ca-cert")
+            })?;
+            let name = server_name(host).map_err(std::io::Error::other)?;
+            let s = TcpStream::connect((host.as_str(), *port)).await?;
+            tune_tcp(&s, true);
+            Ok(Box::new(tls.connector().connect(name, s).await?))
+        }
     }
 }
 
-/// Tries each remote in order; returns the first that answers, or every failure.
-pub async fn connect_any(remotes: &[Active], timeout: Duration) -> Result<(BoxIo, &Active), UpstreamError> {
-    let mut failures = Vec::new();
-    for r in remotes {
-        match tokio::time::timeout(timeout, connect_one(r)).await {
-            Ok(Ok(io)) => return Ok((io, r)),
-            Ok(Err(e)) => failures.push((r.to_string(), e.to_string())),
-            Err(_) => failures.push((r.to_string(), format!("no answer within {timeout:?}"))),
-        }
+/// Which upstream a connection wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// A client session: the leader when known (or the first remote, in sidecar mode), else
+    /// the remotes round-robin.
+    Session,
+    /// The proxy's own monitor and reconciler: the leader when known.
+    Leader,
+    /// One member, for its `_Server` watch.
+    Member(usize),
+}
+
+/// An established upstream connection.
+pub struct Link {
+    pub io: BoxIo,
+    pub index: usize,
+    pub remote: String,
+    /// Cancelled when this member stops being the cluster leader.
+    pub demoted: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// The upstream remotes, with what the proxy knows of the cluster's leader.
+pub struct Upstreams {
+    remotes: Vec<Active>,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<Tls>>,
+    /// Followed only for a list of several remotes (a cluster).
+    pub leader: Option<std::sync::Arc<super::cluster::Tracker>>,
+    /// Sidecar deployment: sessions go to the first remote (the local member) first.
+    sessions_to_first: bool,
+    rr: std::sync::atomic::AtomicUsize,
+}
+
+impl Upstreams {
+    pub fn new(
+        remotes: Vec<Active>,
+        timeout: Duration,
+        tls: Option<std::sync::Arc<Tls>>,
+        sessions_to_first: bool,
+    ) -> Self {
+        let leader =
+            (remotes.len() > 1).then(|| std::sync::Arc::new(super::cluster::Tracker::new(remotes.len())));
+        Upstreams { remotes, timeout, tls, leader, sessions_to_first, rr: Default::default() }
     }
-    Err(UpstreamError(failures))
+
+    pub fn remotes(&self) -> &[Active] {
+        &self.remotes
+    }
+
+    /// The order in which to try the remotes.
+    fn order(&self, pick: Pick) -> Vec<usize> {
+        let n = self.remotes.len();
+        if let Pick::Member(i) = pick {
+            return vec![i];
+        }
+        if pick == Pick::Session && self.sessions_to_first {
+            return (0..n).collect();
+        }
+        let start = self.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n.max(1);
+        let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
+        if let Some(l) = self.leader.as_ref().and_then(|t| t.leader()) {
+            order.retain(|&i| i != l);
+            order.insert(0, l);
+        }
+        order
+    }
+
+    /// Connects as `pick` asks; every failure is reported if none answers.
+    pub async fn connect(&self, pick: Pick) -> Result<Link, UpstreamError> {
+        let mut failures = Vec::new();
+        for i in self.order(pick) {
+            let r = &self.remotes[i];
+            match tokio::time::timeout(self.timeout, connect_one(r, self.tls.as_deref())).await {
+                Ok(Ok(io)) => {
+                    let demoted = self.leader.as_ref().map(|t| t.demotion(i));
+                    return Ok(Link { io, index: i, remote: r.to_string(), demoted });
+                }
+                Ok(Err(e)) => failures.push((r.to_string(), e.to_string())),
+                Err(_) => failures.push((r.to_string(), format!("no answer within {:?}", self.timeout))),
+            }
+        }
+        Err(UpstreamError(failures))
+    }
 }

@@ -75,17 +75,37 @@ pub struct NbServer {
     child: Child,
     dir: PathBuf,
     tcp_port: u16,
+    /// The TCP listener: `--remote=ptcp:0:127.0.0.1`, or a `pssl:` one with its files.
+    tcp_args: Vec<String>,
 }
 
 impl NbServer {
     /// Creates `DIR/nb.db` from the installed schema and starts the server; waits until both
     /// listeners are up (10 s at most).
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, vec!["--remote=ptcp:0:127.0.0.1".into()])
+    }
+
+    /// The same, with its TCP listener on SSL (`pssl:0:127.0.0.1`) instead, using `pair`
+    /// and requiring client certificates signed by `ca`.
+    pub fn start_ssl(dir: &Path, pair: &CertPair, ca: &Path) -> Result<Self> {
+        Self::start_with(
+            dir,
+            vec![
+                "--remote=pssl:0:127.0.0.1".into(),
+                format!("--private-key={}", pair.key.display()),
+                format!("--certificate={}", pair.cert.display()),
+                format!("--ca-cert={}", ca.display()),
+            ],
+        )
+    }
+
+    fn start_with(dir: &Path, tcp_args: Vec<String>) -> Result<Self> {
         let schema = nb_schema()?;
         let db = dir.join("nb.db");
         run_tool("ovsdb-tool", &["create", &db.to_string_lossy(), &schema.to_string_lossy()])?;
-        let child = Self::launch(dir)?;
-        let mut server = NbServer { child, dir: dir.to_path_buf(), tcp_port: 0 };
+        let child = Self::launch(dir, &tcp_args)?;
+        let mut server = NbServer { child, dir: dir.to_path_buf(), tcp_port: 0, tcp_args };
         server.tcp_port = server.wait_up()?;
         Ok(server)
     }
@@ -95,19 +115,19 @@ impl NbServer {
     pub fn restart(&mut self) -> Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::launch(&self.dir)?;
+        self.child = Self::launch(&self.dir, &self.tcp_args)?;
         self.tcp_port = self.wait_up()?;
         Ok(())
     }
 
-    fn launch(dir: &Path) -> Result<Child> {
+    fn launch(dir: &Path, tcp_args: &[String]) -> Result<Child> {
         let server = require("ovsdb-server")?;
         let log = dir.join("ovsdb-server.log");
         // A fresh log, so the listening port read back is this run's.
         let _ = std::fs::remove_file(&log);
         Command::new(server)
             .arg(format!("--remote=punix:{}", dir.join("nb.sock").display()))
-            .arg("--remote=ptcp:0:127.0.0.1")
+            .args(tcp_args)
             .arg(format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()))
             .arg(format!("--log-file={}", log.display()))
             .args(["-vconsole:off", "-vfile:info", "--no-chdir"])
@@ -157,6 +177,11 @@ impl NbServer {
         format!("tcp:127.0.0.1:{}", self.tcp_port)
     }
 
+    /// For a server started with `start_ssl`.
+    pub fn ssl_remote(&self) -> String {
+        format!("ssl:127.0.0.1:{}", self.tcp_port)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -186,5 +211,190 @@ mod tests {
         let log = "2026-11-25T21:00:00.000Z|00002|socket_util|INFO|0:127.0.0.1: listening on port 41873\n";
         assert_eq!(super::parse_listening_port(log), Some(41873));
         assert_eq!(super::parse_listening_port("nothing"), None);
+    }
+}
+
+/// A 3-member (or N) Raft NB cluster on loopback: raft over unix sockets (no ports to pick in
+/// advance), clients on `punix:` and `ptcp:0`. Members are stopped on drop.
+pub struct NbCluster {
+    dir: PathBuf,
+    members: Vec<Option<Child>>,
+    ports: Vec<u16>,
+}
+
+impl NbCluster {
+    pub fn start(dir: &Path, n: usize) -> Result<Self> {
+        let schema = nb_schema()?;
+        let member = |i: usize| dir.join(format!("s{i}"));
+        for i in 0..n {
+            std::fs::create_dir_all(member(i))?;
+            let db = member(i).join("nb.db");
+            let raft = format!("unix:{}", member(i).join("raft.sock").display());
+            if i == 0 {
+                run_tool(
+                    "ovsdb-tool",
+                    &["create-cluster", &db.to_string_lossy(), &schema.to_string_lossy(), &raft],
+                )?;
+            } else {
+                let first = format!("unix:{}", member(0).join("raft.sock").display());
+                run_tool(
+                    "ovsdb-tool",
+                    &["join-cluster", &db.to_string_lossy(), "OVN_Northbound", &raft, &first],
+                )?;
+            }
+        }
+        let mut cluster = NbCluster { dir: dir.to_path_buf(), members: Vec::new(), ports: vec![0; n] };
+        for i in 0..n {
+            cluster.members.push(Some(cluster.launch(i)?));
+        }
+        for i in 0..n {
+            cluster.ports[i] = cluster.wait_up(i)?;
+        }
+        for i in 0..n {
+            run_tool(
+                "ovsdb-client",
+                &["--timeout=30", "wait", &cluster.unix_remote(i), "OVN_Northbound", "connected"],
+            )?;
+        }
+        Ok(cluster)
+    }
+
+    fn member(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("s{i}"))
+    }
+
+    fn launch(&self, i: usize) -> Result<Child> {
+        let d = self.member(i);
+        let _ = std::fs::remove_file(d.join("ovsdb-server.log"));
+        Command::new(require("ovsdb-server")?)
+            .arg(format!("--remote=punix:{}", d.join("nb.sock").display()))
+            .arg("--remote=ptcp:0:127.0.0.1")
+            .arg(format!("--unixctl={}", d.join("ovsdb-server.ctl").display()))
+            .arg(format!("--log-file={}", d.join("ovsdb-server.log").display()))
+            .args(["-vconsole:off", "-vfile:info", "--no-chdir"])
+            .arg(d.join("nb.db"))
+            .envs(["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"].map(|k| (k, &d)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a cluster member")
+    }
+
+    fn wait_up(&self, i: usize) -> Result<u16> {
+        let log = self.member(i).join("ovsdb-server.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(port) = parse_listening_port(&text) {
+                return Ok(port);
+            }
+            if Instant::now() > deadline {
+                bail!("cluster member {i} did not come up within 10 s; log:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    pub fn unix_remote(&self, i: usize) -> String {
+        format!("unix:{}", self.member(i).join("nb.sock").display())
+    }
+
+    pub fn tcp_remote(&self, i: usize) -> String {
+        format!("tcp:127.0.0.1:{}", self.ports[i])
+    }
+
+    /// Whether member `i` says it is the leader (false when it does not answer).
+    pub fn is_leader(&self, i: usize) -> bool {
+        let q = r#"["_Server",{"op":"select","table":"Database","where":[["name","==","OVN_Northbound"]],"columns":["leader"]}]"#;
+        run_tool("ovsdb-client", &["--timeout=2", "query", &self.unix_remote(i), q])
+            .is_ok_and(|out| out.contains("\"leader\":true"))
+    }
+
+    /// The member that says it leads, waiting up to 10 s for an election.
+    pub fn leader(&self) -> Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = (0..self.len()).find(|&i| self.members[i].is_some() && self.is_leader(i)) {
+                return Ok(i);
+            }
+            if Instant::now() > deadline {
+                bail!("no cluster leader within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NbCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Certificates made by the real `ovs-pki`, in a directory of their own.
+pub struct Pki {
+    dir: PathBuf,
+}
+
+/// A private key and its certificate.
+pub struct CertPair {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+}
+
+impl Pki {
+    /// `ovs-pki init` in `dir/pki`.
+    pub fn init(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let pki = Pki { dir: dir.to_path_buf() };
+        pki.run(&["init"])?;
+        Ok(pki)
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new(require("ovs-pki")?)
+            .arg(format!("--dir={}", self.dir.join("pki").display()))
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("running ovs-pki")?;
+        if !out.status.success() {
+            bail!("ovs-pki {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The CA certificate clients and servers check against (`ovs-pki`'s switch CA).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("pki/switchca/cacert.pem")
+    }
+
+    /// A new key and certificate signed by this CA (`ovs-pki req+sign NAME switch`).
+    pub fn issue(&self, name: &str) -> Result<CertPair> {
+        self.run(&["req+sign", name, "switch"])?;
+        Ok(CertPair {
+            key: self.dir.join(format!("{name}-privkey.pem")),
+            cert: self.dir.join(format!("{name}-cert.pem")),
+        })
     }
 }

@@ -113,6 +113,14 @@ async fn run<H: Handler>(
                     warn!(error = %e, monitor = h.label(), "monitor lost; resynchronising");
                 }
             }
+            // Nothing to try: the cluster's leader is not known yet. Look again soon.
+            Err(e) if e.0.is_empty() => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
             Err(e) => debug!(error = %e, monitor = h.label(), "monitor cannot connect"),
         }
         tokio::select! {

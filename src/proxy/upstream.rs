@@ -108,9 +108,17 @@ impl Upstreams {
         if pick == Pick::Session && self.sessions_to_first {
             return (0..n).collect();
         }
+        let leader = self.leader.as_ref().map(|t| t.leader());
+        if pick == Pick::Leader {
+            // The proxy's own monitor takes the reconciler lock, and locks are per server:
+            // in a cluster it waits until it knows the leader (nothing to try meanwhile).
+            if let Some(known) = leader {
+                return known.into_iter().collect();
+            }
+        }
         let start = self.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n.max(1);
         let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
-        if let Some(l) = self.leader.as_ref().and_then(|t| t.leader()) {
+        if let Some(l) = leader.flatten() {
             order.retain(|&i| i != l);
             order.insert(0, l);
         }

@@ -1,0 +1,227 @@
+//! The proxy in front of a real 3-member Raft NB cluster on loopback: leader-only clients,
+//! migration rewrites, the leader killed, two proxies electing one reconciler, and the sidecar
+//! deployment (one proxy per member).
+
+mod common;
+use common::*;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ovn_nb_proxy::sandbox::NbCluster;
+
+struct World {
+    cluster: NbCluster,
+    _dir: tempfile::TempDir,
+}
+
+fn cluster() -> World {
+    let dir = tempfile::Builder::new().prefix("nbproxy-cluster.").tempdir().expect("tmp");
+    let cluster = NbCluster::start(dir.path(), 3).unwrap_or_else(|e| panic!("cluster: {e:#}"));
+    let leader = cluster.leader().expect("leader");
+    ovn_nbctl(&cluster.unix_remote(leader), &["init"]).expect("init");
+    World { cluster, _dir: dir }
+}
+
+/// The members' TCP remotes, followers first: a proxy that used them in order would land on a
+/// follower, which leader-only clients refuse.
+fn followers_first(c: &NbCluster) -> String {
+    let leader = c.leader().expect("leader");
+    let mut order: Vec<usize> = (0..c.len()).filter(|&i| i != leader).collect();
+    order.push(leader);
+    order.iter().map(|&i| c.tcp_remote(i)).collect::<Vec<_>>().join(",")
+}
+
+fn python_idl(remote: &str) {
+    let script = format!("{}/tests/py/idl_commit.py", env!("CARGO_MANIFEST_DIR"));
+    let schema = ovn_nb_proxy::sandbox::nb_schema().expect("schema");
+    let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into()))
+        .args([script.as_str(), remote, &schema.to_string_lossy()])
+        .output()
+        .expect("python3 (python3-openvswitch)");
+    assert!(out.status.success(), "IDL: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn leader_only_clients_and_rewrites_go_to_the_leader() {
+    let w = cluster();
+    let mut p = Proxy::start(&followers_first(&w.cluster), &[]);
+    p.wait_log("cluster leader", Duration::from_secs(10));
+    p.wait_log("port cache synchronised", Duration::from_secs(10));
+    // ovn-nbctl and the Python IDL are leader-only: through one proxy remote they work only if
+    // the proxy puts them on the leader.
+    ovn_nbctl(
+        &p.unix_remote(),
+        &[
+            "ls-add",
+            "sw0",
+            "--",
+            "lsp-add",
+            "sw0",
+            "vm1",
+            "--",
+            "lsp-set-options",
+            "vm1",
+            "requested-chassis=hv1",
+        ],
+    )
+    .expect("ovn-nbctl through the proxy");
+    python_idl(&p.tcp_remote());
+    // A migration on the cluster: the rewrite lands, and every member agrees.
+    ovn_nbctl(
+        &p.unix_remote(),
+        &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"],
+    )
+    .expect("tag");
+    for i in 0..w.cluster.len() {
+        eventually(&format!("member {i} has the rewritten options"), || {
+            ovn_nbctl(
+                &w.cluster.unix_remote(i),
+                &["--no-leader-only", "get", "Logical_Switch_Port", "vm1", "options:requested-chassis"],
+            )
+            .is_ok_and(|o| o.trim() == "\"hv1,hv2\"")
+        });
+    }
+    let show = p.appctl(&["proxy/show"]).expect("proxy/show");
+    let leader = w.cluster.tcp_remote(w.cluster.leader().expect("leader"));
+    assert!(show.contains(&format!("cluster leader: {leader}")), "{show}");
+}
+
+#[test]
+fn the_leader_killed_writes_resume_and_rewrites_still_apply() {
+    let mut w = cluster();
+    let mut p = Proxy::start(&followers_first(&w.cluster), &["--metrics=127.0.0.1:0"]);
+    p.wait_log("port cache synchronised", Duration::from_secs(10));
+    ovn_nbctl(
+        &p.unix_remote(),
+        &[
+            "ls-add",
+            "sw0",
+            "--",
+            "lsp-add",
+            "sw0",
+            "vm1",
+            "--",
+            "lsp-set-options",
+            "vm1",
+            "requested-chassis=hv1",
+        ],
+    )
+    .expect("seed");
+    let old = w.cluster.leader().expect("leader");
+    // A client session held on the leader: closed by the proxy when the leader goes.
+    let mut held = Raw::connect(&p.unix);
+    held.send(br#"{"method":"echo","params":[],"id":1}"#);
+    assert_eq!(held.recv()["id"], 1);
+    let t0 = Instant::now();
+    w.cluster.kill(old);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        if ovn_nbctl(
+            &p.unix_remote(),
+            &["--timeout=3", "set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"],
+        )
+        .is_ok()
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "writes did not resume within 10 s:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failover = t0.elapsed();
+    eprintln!(
+        "failover: first write through the proxy {failover:?} after the leader was killed ({tries} tries)"
+    );
+    let new = w.cluster.leader().expect("new leader");
+    assert_ne!(new, old);
+    let opts = ovn_nbctl(
+        &w.cluster.unix_remote(new),
+        &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"],
+    )
+    .expect("get");
+    assert_eq!(opts.trim(), "\"hv1,hv2\"", "the rewrite applied after the failover");
+    assert!(held.read_to_end().is_empty(), "the session on the old leader was closed");
+    eventually("the leader change is counted", || {
+        p.appctl(&["metrics/show"]).is_ok_and(|m| m.contains("ovn_nb_proxy_leader_changes_total 1"))
+    });
+}
+
+fn is_active(p: &Proxy) -> bool {
+    p.appctl(&["proxy/show"]).is_ok_and(|s| s.contains("active reconciler: yes"))
+}
+
+#[test]
+fn two_proxies_elect_one_reconciler_and_the_other_takes_over() {
+    let w = cluster();
+    let remotes = followers_first(&w.cluster);
+    let leader = w.cluster.leader().expect("leader");
+    ovn_nbctl(
+        &w.cluster.unix_remote(leader),
+        &["ls-add", "sw0", "--", "lsp-add", "sw0", "vm1", "--", "lsp-add", "sw0", "vm2"],
+    )
+    .expect("seed");
+    for vm in ["vm1", "vm2"] {
+        ovn_nbctl(&w.cluster.unix_remote(leader), &["lsp-set-options", vm, "requested-chassis=hv1"])
+            .expect("rc");
+    }
+    let a = Proxy::start(&remotes, &[]);
+    let b = Proxy::start(&remotes, &[]);
+    eventually("one of the two is the active reconciler", || is_active(&a) || is_active(&b));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(is_active(&a) ^ is_active(&b), "exactly one holds the lock");
+    let (holder, mut standby) = if is_active(&a) { (a, b) } else { (b, a) };
+    // A tag written around the proxies is fixed once, by the holder.
+    ovn_nbctl(
+        &w.cluster.unix_remote(leader),
+        &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"],
+    )
+    .expect("direct");
+    let get = |vm: &str| {
+        ovn_nbctl(
+            &w.cluster.unix_remote(leader),
+            &["get", "Logical_Switch_Port", vm, "options:requested-chassis"],
+        )
+        .map(|o| o.trim().to_string())
+        .unwrap_or_default()
+    };
+    eventually("the holder reconciles", || get("vm1") == "\"hv1,hv2\"");
+    assert!(!standby.log_text().contains(": reconcile "), "the standby did not write");
+    // The holder dies: the standby gets the lock and takes over.
+    drop(holder);
+    standby.wait_log("this proxy is the active reconciler", Duration::from_secs(10));
+    assert!(is_active(&standby));
+    ovn_nbctl(
+        &w.cluster.unix_remote(leader),
+        &["set", "Logical_Switch_Port", "vm2", "external_ids:migration-destination=hv3"],
+    )
+    .expect("direct");
+    eventually("the new holder reconciles", || get("vm2") == "\"hv1,hv3\"");
+}
+
+#[test]
+fn one_proxy_per_member_as_sidecars() {
+    let w = cluster();
+    let c = &w.cluster;
+    // Each sidecar fronts its local member (first) and follows the leader for its own work.
+    let sidecars: Vec<Proxy> = (0..c.len())
+        .map(|i| {
+            let mut remotes = vec![c.unix_remote(i)];
+            remotes.extend((0..c.len()).filter(|&j| j != i).map(|j| c.tcp_remote(j)));
+            Proxy::start(&remotes.join(","), &["--session-upstream=first"])
+        })
+        .collect();
+    // A client given every sidecar hops to the one fronting the leader, as it would with the
+    // members themselves.
+    let all: Vec<String> = sidecars.iter().map(Proxy::unix_remote).collect();
+    ovn_nbctl(&all.join(","), &["ls-add", "sw-sidecar"]).expect("ovn-nbctl over the sidecars");
+    let names = ovn_nbctl(&c.unix_remote(c.leader().expect("leader")), &["ls-list"]).expect("list");
+    assert!(names.contains("sw-sidecar"), "{names}");
+    eventually("exactly one sidecar is the active reconciler", || {
+        sidecars.iter().filter(|p| is_active(p)).count() == 1
+    });
+}

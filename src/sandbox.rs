@@ -204,16 +204,6 @@ pub fn parse_listening_port(log: &str) -> Option<u16> {
     log.lines().find_map(|l| l.split("listening on port ").nth(1)).and_then(|p| p.trim().parse().ok())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn listening_port_from_log() {
-        let log = "2026-11-25T21:00:00.000Z|00002|socket_util|INFO|0:127.0.0.1: listening on port 41873\n";
-        assert_eq!(super::parse_listening_port(log), Some(41873));
-        assert_eq!(super::parse_listening_port("nothing"), None);
-    }
-}
-
 /// A 3-member (or N) Raft NB cluster on loopback: raft over unix sockets (no ports to pick in
 /// advance), clients on `punix:` and `ptcp:0`. Members are stopped on drop.
 pub struct NbCluster {
@@ -396,5 +386,15 @@ impl Pki {
             key: self.dir.join(format!("{name}-privkey.pem")),
             cert: self.dir.join(format!("{name}-cert.pem")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listening_port_from_log() {
+        let log = "2026-11-25T21:00:00.000Z|00002|socket_util|INFO|0:127.0.0.1: listening on port 41873\n";
+        assert_eq!(super::parse_listening_port(log), Some(41873));
+        assert_eq!(super::parse_listening_port("nothing"), None);
     }
 }

@@ -110,13 +110,16 @@ fn load(files: &TlsFiles) -> Result<Material, TlsError> {
     let chain_only = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let client = ClientConfig::builder_with_provider(provider)
+    let mut client = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(cfg_err)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ChainOnly(chain_only)))
         .with_client_auth_cert(chain, key)
         .map_err(cfg_err)?;
+    // No session resumption upstream: ovsdb-server (OpenSSL 3, OVS 3.1) answers a resumed
+    // handshake from a client with a certificate with an `internal error` alert.
+    client.resumption = rustls::client::Resumption::disabled();
     Ok(Material { server: Arc::new(server), client: Arc::new(client), stamp })
 }
 

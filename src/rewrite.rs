@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use memchr::memmem;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::cache::LspCache;
 use crate::policy::{map_result, plan_transact, LspState, LspView, Opts, Plan, PolicyConfig};
@@ -64,22 +64,38 @@ pub fn may_touch_ports(raw: &[u8]) -> bool {
     memmem::find(raw, b"Logical_Switch_Port").is_some() && memmem::find(raw, b"\"transact\"").is_some()
 }
 
+/// Where a member's value lies in a message, as a byte range.
+fn span(raw: &[u8], value: &serde_json::value::RawValue) -> Option<std::ops::Range<usize>> {
+    let start = (value.get().as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let end = start + value.get().len();
+    (end <= raw.len()).then_some(start..end)
+}
+
+/// `raw` with the bytes in `at` replaced by `value`: every other byte of the message — the
+/// other members, their order, the id exactly as written, whitespace — stays as it came.
+fn splice(raw: &[u8], at: std::ops::Range<usize>, value: &Value) -> Option<Bytes> {
+    let text = serde_json::to_vec(value).ok()?;
+    let mut out = Vec::with_capacity(raw.len() - at.len() + text.len());
+    out.extend_from_slice(&raw[..at.start]);
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&raw[at.end..]);
+    Some(Bytes::from(out))
+}
+
 /// A `transact` request the policy has looked at.
 #[derive(Debug)]
 pub struct Inspected {
     pub id: String,
     pub plan: Plan,
-    message: Map<String, Value>,
+    raw: Bytes,
+    params: std::ops::Range<usize>,
 }
 
 impl Inspected {
-    /// The request to send upstream when the plan rewrites it; `None` when the original bytes
-    /// go as they are.
+    /// The request to send upstream when the plan rewrites it (only `params` differs from
+    /// what the client sent); `None` when the original bytes go as they are.
     pub fn rewritten(&self) -> Option<Bytes> {
-        let params = self.plan.rewritten.as_ref()?;
-        let mut msg = self.message.clone();
-        msg.insert("params".into(), params.clone());
-        serde_json::to_vec(&msg).ok().map(Bytes::from)
+        splice(&self.raw, self.params.clone(), self.plan.rewritten.as_ref()?)
     }
 
     /// What to remember for the reply, when the rewrite appended ops.
@@ -91,18 +107,20 @@ impl Inspected {
 }
 
 /// Runs the policy over a client message, if it is a `transact` request on ports.
-pub fn inspect_request(raw: &[u8], view: &dyn LspView, cfg: &PolicyConfig) -> Option<Inspected> {
+pub fn inspect_request(raw: &Bytes, view: &dyn LspView, cfg: &PolicyConfig) -> Option<Inspected> {
     if !may_touch_ports(raw) {
         return None;
     }
-    let message: Map<String, Value> = serde_json::from_slice(raw).ok()?;
-    if message.get("method").and_then(Value::as_str) != Some("transact") {
+    let env = Envelope::parse(raw).ok()?;
+    if env.method.as_deref() != Some("transact") || env.kind() != Kind::Request {
         return None;
     }
-    let id = message.get("id").filter(|v| !v.is_null()).and_then(|v| serde_json::to_string(v).ok())?;
-    let params = message.get("params")?;
-    let plan = plan_transact(params, view, cfg);
-    Some(Inspected { id, plan, message })
+    let id = env.id_key()?;
+    let raw_params = env.params?;
+    let params: Value = serde_json::from_str(raw_params.get()).ok()?;
+    let at = span(raw, raw_params)?;
+    let plan = plan_transact(&params, view, cfg);
+    Some(Inspected { id, plan, raw: raw.clone(), params: at })
 }
 
 /// The id a client's `cancel` notification gives up on: its reply will never come (OVS 3.1
@@ -131,18 +149,16 @@ pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Bytes> {
     if env.kind() == Kind::Error {
         return None; // a JSON-RPC level error has no per-op results
     }
-    let mut message: Map<String, Value> = serde_json::from_slice(raw).ok()?;
-    let result = message.get("result")?;
-    let fixed = map_result(result, p.client_ops, p.upstream_ops);
-    message.insert("result".into(), fixed);
-    serde_json::to_vec(&message).ok().map(Bytes::from)
+    let raw_result = env.result?;
+    let result: Value = serde_json::from_str(raw_result.get()).ok()?;
+    let fixed = map_result(&result, p.client_ops, p.upstream_ops);
+    splice(raw, span(raw, raw_result)?, &fixed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{LspState, StaticView};
-    use serde_json::json;
 
     fn tagged_port() -> StaticView {
         let mut row = LspState {
@@ -158,12 +174,13 @@ mod tests {
     fn untouched_messages_are_not_parsed() {
         let view = tagged_port();
         let cfg = PolicyConfig::default();
-        assert!(inspect_request(br#"{"method":"echo","params":[],"id":"echo"}"#, &view, &cfg).is_none());
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        assert!(inspect_request(&b(br#"{"method":"echo","params":[],"id":"echo"}"#), &view, &cfg).is_none());
         let other = br#"{"method":"transact","params":["OVN_Northbound",{"op":"insert","table":"Logical_Switch","row":{}}],"id":1}"#;
-        assert!(inspect_request(other, &view, &cfg).is_none());
+        assert!(inspect_request(&b(other), &view, &cfg).is_none());
         // a notification is not a request
         let notif = br#"{"method":"transact","params":["OVN_Northbound",{"op":"select","table":"Logical_Switch_Port","where":[]}],"id":null}"#;
-        assert!(inspect_request(notif, &view, &cfg).is_none());
+        assert!(inspect_request(&b(notif), &view, &cfg).is_none());
     }
 
     #[test]
@@ -171,22 +188,27 @@ mod tests {
         let view = tagged_port();
         let cfg = PolicyConfig::default();
         // libovsdb-shaped: external_ids written whole, by name; the envelope has a numeric id
-        let raw = br#"{"method":"transact","params":["OVN_Northbound",{"op":"update","table":"Logical_Switch_Port","row":{"external_ids":["map",[["migration-destination","hv2"]]]},"where":[["name","==","vm1"]]}],"id":9}"#;
-        let ins = inspect_request(raw, &view, &cfg).expect("inspected");
-        assert_eq!(ins.id, "9");
-        let out: Value = serde_json::from_slice(&ins.rewritten().expect("rewritten")).expect("json");
-        let keys: Vec<&String> = out.as_object().expect("object").keys().collect();
-        assert_eq!(keys, ["method", "params", "id"], "the envelope keeps its members and order");
+        let raw = Bytes::from_static(br#"{"method":"transact", "params":["OVN_Northbound",{"op":"update","table":"Logical_Switch_Port","row":{"external_ids":["map",[["migration-destination","hv2"]]]},"where":[["name","==","vm1"]]}],"id":18446744073709551616}"#);
+        let ins = inspect_request(&raw, &view, &cfg).expect("inspected");
+        let sent = ins.rewritten().expect("rewritten");
+        let text = std::str::from_utf8(&sent).expect("utf8");
+        assert!(text.starts_with(r#"{"method":"transact", "params":["OVN_Northbound","#), "{text}");
+        assert!(
+            text.ends_with(r#"],"id":18446744073709551616}"#),
+            "the envelope stays byte for byte: {text}"
+        );
+        let out: Value = serde_json::from_slice(&sent).expect("json");
         let text = out.to_string();
         assert!(text.contains("hv1,hv2") && text.contains("rarp"), "{text}");
         let mut pending = PendingMap::new();
         if let Some((id, p)) = ins.pending() {
             pending.insert(id, p);
-            let reply = br#"{"id":9,"result":[{"count":1},{"count":1}],"error":null}"#;
-            let fixed: Value =
-                serde_json::from_slice(&fix_reply(reply, &mut pending).expect("fixed")).expect("json");
-            assert_eq!(fixed, json!({"id":9,"result":[{"count":1}],"error":null}));
+            let reply = br#"{"id":18446744073709551616,"result":[{"count":1},{"count":1}],"error":null}"#;
+            let fixed = fix_reply(reply, &mut pending).expect("fixed");
+            assert_eq!(&fixed[..], br#"{"id":18446744073709551616,"result":[{"count":1}],"error":null}"#);
             assert!(pending.is_empty());
+        } else {
+            panic!("an update of external_ids only: the options fix is an appended op");
         }
     }
 

@@ -256,7 +256,7 @@ impl Tap for ClientTap<'_> {
 impl ClientTap<'_> {
     /// The policy's rewrite of one client message, with the changes made; `None`: forward it
     /// as it came.
-    fn rewrite(&mut self, raw: &[u8]) -> Option<(Bytes, Vec<crate::policy::Change>)> {
+    fn rewrite(&mut self, raw: &Bytes) -> Option<(Bytes, Vec<crate::policy::Change>)> {
         let shared = self.shared;
         if let Some(id) = cancelled_id(raw) {
             locked(self.pending).remove(&id);

@@ -50,32 +50,6 @@ const PB_COLUMNS: [&str; 8] = [
 // ---------------------------------------------------------------------------------------------
 // processes
 
-/// Points every OVS/OVN default path (pidfiles, control sockets, `db.sock`, `br-int.mgmt`, logs)
-/// at `dir`, like the OVS testsuite's `ovs_setenv`.
-fn sandbox_env<'a>(cmd: &'a mut Command, dir: &Path) -> &'a mut Command {
-    for key in [
-        "OVS_RUNDIR",
-        "OVS_LOGDIR",
-        "OVS_DBDIR",
-        "OVS_SYSCONFDIR",
-        "OVN_RUNDIR",
-        "OVN_LOGDIR",
-        "OVN_DBDIR",
-        "OVN_SYSCONFDIR",
-    ] {
-        cmd.env(key, dir);
-    }
-    cmd
-}
-
-/// [`sandbox::require`], with the right package for the tools it does not map.
-fn need(tool: &str) -> Result<PathBuf> {
-    sandbox::require(tool).map_err(|e| match tool {
-        "ovs-vsctl" => anyhow!("ovs-vsctl not found on PATH: install the Debian package openvswitch-switch"),
-        _ => e,
-    })
-}
-
 fn need_file(path: &str, package: &str) -> Result<()> {
     if !Path::new(path).is_file() {
         bail!("{path} not found: install the Debian package {package}");
@@ -85,20 +59,7 @@ fn need_file(path: &str, package: &str) -> Result<()> {
 
 /// Runs `tool ARGS…` with `dir` as its sandbox; its stdout on success, its stderr in the error.
 fn run_in(dir: &Path, tool: &str, args: &[&str]) -> Result<String> {
-    let out = sandbox_env(&mut Command::new(need(tool)?), dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {tool}"))?;
-    if !out.status.success() {
-        bail!(
-            "{tool} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    sandbox::run_tool_in(Some(dir), tool, args)
 }
 
 /// [`run_in`] for control tools, with [`TOOL_TIMEOUT`] in front.
@@ -133,12 +94,12 @@ impl Daemon {
     /// Starts `prog` with its log, pidfile and control socket in `dir`.
     fn spawn(dir: &Path, prog: &str, args: &[String], database: bool) -> Result<Daemon> {
         let stderr = File::create(dir.join(format!("{prog}.stderr")))?;
-        let mut cmd = Command::new(need(prog)?);
+        let mut cmd = Command::new(sandbox::require(prog)?);
         // ovn-controller has no --unixctl: its socket is OVN_RUNDIR/ovn-controller.PID.ctl.
         if prog != "ovn-controller" {
             cmd.arg(format!("--unixctl={}", control_socket(dir, prog).display()));
         }
-        let child = sandbox_env(&mut cmd, dir)
+        let child = sandbox::sandbox_env(&mut cmd, dir)
             .arg(format!("--log-file={}", dir.join(format!("{prog}.log")).display()))
             .arg(format!("--pidfile={}", dir.join(format!("{prog}.pid")).display()))
             .args(["-vconsole:off", "--no-chdir"])
@@ -237,7 +198,7 @@ impl OvnLab {
         need_file(VSWITCH_SCHEMA, "openvswitch-switch")?;
         for tool in ["ovn-northd", "ovn-controller", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovsdb-client"]
         {
-            need(tool)?;
+            sandbox::require(tool)?;
         }
         let nb_dir = mkdir(dir, "nb")?;
         let nb = NbServer::start(&nb_dir).context("starting the NB ovsdb-server")?;

@@ -59,6 +59,27 @@ pub fn show_opts(o: &Opts) -> String {
     )
 }
 
+/// Which kind of change an audit line reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audit {
+    /// In a client's transaction.
+    Rewrite,
+    /// The proxy's own conditional transaction.
+    Reconcile,
+}
+
+/// One structured log line per port the proxy changes (target `ovn_nb_proxy::audit`): port,
+/// the two keys before and after, cause, client, dry run.
+pub fn audit(kind: Audit, c: &crate::policy::Change, client: &str, dry_run: bool) {
+    let (before, after, cause) = (show_opts(&c.before), show_opts(&c.after), c.cause.as_str());
+    match kind {
+        Audit::Rewrite => tracing::info!(target: "ovn_nb_proxy::audit", port = %c.port, ?before, ?after,
+            cause = %cause, client = %client, dry_run, "rewrite"),
+        Audit::Reconcile => tracing::info!(target: "ovn_nb_proxy::audit", port = %c.port, ?before, ?after,
+            cause = %cause, client = %client, dry_run, "reconcile"),
+    }
+}
+
 /// Cheap test before any parsing: could this message be a `transact` on ports?
 pub fn may_touch_ports(raw: &[u8]) -> bool {
     memmem::find(raw, b"Logical_Switch_Port").is_some() && memmem::find(raw, b"\"transact\"").is_some()

@@ -43,14 +43,36 @@ pub fn nb_schema() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Points every OVS/OVN default directory of `cmd` at `dir` (the testsuite's `ovs_setenv`):
+/// nothing touches /var/run/openvswitch or /etc.
+pub fn sandbox_env<'a>(cmd: &'a mut Command, dir: &Path) -> &'a mut Command {
+    for key in [
+        "OVS_RUNDIR",
+        "OVS_LOGDIR",
+        "OVS_DBDIR",
+        "OVS_SYSCONFDIR",
+        "OVN_RUNDIR",
+        "OVN_LOGDIR",
+        "OVN_DBDIR",
+        "OVN_SYSCONFDIR",
+    ] {
+        cmd.env(key, dir);
+    }
+    cmd
+}
+
 /// Runs an OVS/OVN tool to completion; its stdout on success, its stderr in the error.
 pub fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
-    let exe = require(tool)?;
-    let out = Command::new(&exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {tool}"))?;
+    run_tool_in(None, tool, args)
+}
+
+/// [`run_tool`], with the tool's default directories in `dir` (see [`sandbox_env`]).
+pub fn run_tool_in(dir: Option<&Path>, tool: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(require(tool)?);
+    if let Some(dir) = dir {
+        sandbox_env(&mut cmd, dir);
+    }
+    let out = cmd.args(args).stdin(Stdio::null()).output().with_context(|| format!("running {tool}"))?;
     if !out.status.success() {
         bail!(
             "{tool} {} failed ({}): {}",
@@ -121,23 +143,7 @@ impl NbServer {
     }
 
     fn launch(dir: &Path, tcp_args: &[String]) -> Result<Child> {
-        let server = require("ovsdb-server")?;
-        let log = dir.join("ovsdb-server.log");
-        // A fresh log, so the listening port read back is this run's.
-        let _ = std::fs::remove_file(&log);
-        Command::new(server)
-            .arg(format!("--remote=punix:{}", dir.join("nb.sock").display()))
-            .args(tcp_args)
-            .arg(format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()))
-            .arg(format!("--log-file={}", log.display()))
-            .args(["-vconsole:off", "-vfile:info", "--no-chdir"])
-            .arg(dir.join("nb.db"))
-            .envs(["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"].map(|k| (k, dir)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting ovsdb-server")
+        spawn_server(dir, tcp_args)
     }
 
     /// Waits (10 s at most) until both listeners are up; returns the TCP port.
@@ -198,6 +204,26 @@ impl Drop for NbServer {
     }
 }
 
+/// Starts `ovsdb-server` on `dir/nb.db` with `punix:dir/nb.sock`, the TCP listener arguments
+/// given, its control socket and a fresh log in `dir`, and its default directories there too.
+fn spawn_server(dir: &Path, tcp_args: &[String]) -> Result<Child> {
+    let log = dir.join("ovsdb-server.log");
+    // A fresh log, so the listening port read back is this run's.
+    let _ = std::fs::remove_file(&log);
+    sandbox_env(&mut Command::new(require("ovsdb-server")?), dir)
+        .arg(format!("--remote=punix:{}", dir.join("nb.sock").display()))
+        .args(tcp_args)
+        .arg(format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()))
+        .arg(format!("--log-file={}", log.display()))
+        .args(["-vconsole:off", "-vfile:info", "--no-chdir"])
+        .arg(dir.join("nb.db"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting ovsdb-server")
+}
+
 /// The port from ovsdb-server's `ptcp:0:127.0.0.1: listening on port N` log line (the same
 /// trick as the OVS testsuite's PARSE_LISTENING_PORT).
 pub fn parse_listening_port(log: &str) -> Option<u16> {
@@ -254,21 +280,7 @@ impl NbCluster {
     }
 
     fn launch(&self, i: usize) -> Result<Child> {
-        let d = self.member(i);
-        let _ = std::fs::remove_file(d.join("ovsdb-server.log"));
-        Command::new(require("ovsdb-server")?)
-            .arg(format!("--remote=punix:{}", d.join("nb.sock").display()))
-            .arg("--remote=ptcp:0:127.0.0.1")
-            .arg(format!("--unixctl={}", d.join("ovsdb-server.ctl").display()))
-            .arg(format!("--log-file={}", d.join("ovsdb-server.log").display()))
-            .args(["-vconsole:off", "-vfile:info", "--no-chdir"])
-            .arg(d.join("nb.db"))
-            .envs(["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"].map(|k| (k, &d)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting a cluster member")
+        spawn_server(&self.member(i), &["--remote=ptcp:0:127.0.0.1".to_string()])
     }
 
     fn wait_up(&self, i: usize) -> Result<u16> {

@@ -50,22 +50,7 @@ fn leader_only_clients_and_rewrites_go_to_the_leader() {
     p.wait_log("port cache synchronised", Duration::from_secs(10));
     // ovn-nbctl and the Python IDL are leader-only: through one proxy remote they work only if
     // the proxy puts them on the leader.
-    ovn_nbctl(
-        &p.unix_remote(),
-        &[
-            "ls-add",
-            "sw0",
-            "--",
-            "lsp-add",
-            "sw0",
-            "vm1",
-            "--",
-            "lsp-set-options",
-            "vm1",
-            "requested-chassis=hv1",
-        ],
-    )
-    .expect("ovn-nbctl through the proxy");
+    seed_vm1(&p.unix_remote());
     python_idl(&p.tcp_remote());
     // A migration on the cluster: the rewrite lands, and every member agrees.
     ovn_nbctl(
@@ -92,22 +77,7 @@ fn the_leader_killed_writes_resume_and_rewrites_still_apply() {
     let mut w = cluster();
     let mut p = Proxy::start(&followers_first(&w.cluster), &["--metrics=127.0.0.1:0"]);
     p.wait_log("port cache synchronised", Duration::from_secs(10));
-    ovn_nbctl(
-        &p.unix_remote(),
-        &[
-            "ls-add",
-            "sw0",
-            "--",
-            "lsp-add",
-            "sw0",
-            "vm1",
-            "--",
-            "lsp-set-options",
-            "vm1",
-            "requested-chassis=hv1",
-        ],
-    )
-    .expect("seed");
+    seed_vm1(&p.unix_remote());
     let old = w.cluster.leader().expect("leader");
     // A client session held on the leader: closed by the proxy when the leader goes.
     let mut held = Raw::connect(&p.unix);

@@ -8,22 +8,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn the_database_restarts_under_the_proxy() {
     let mut nb = nb();
-    ovn_nbctl(
-        &nb.server.unix_remote(),
-        &[
-            "ls-add",
-            "sw0",
-            "--",
-            "lsp-add",
-            "sw0",
-            "vm1",
-            "--",
-            "lsp-set-options",
-            "vm1",
-            "requested-chassis=hv1",
-        ],
-    )
-    .expect("seed");
+    seed_vm1(&nb.server.unix_remote());
     let mut p = Proxy::start(&nb.server.unix_remote(), &[]);
     p.wait_log("port cache synchronised", Duration::from_secs(5));
     ovn_nbctl(&p.unix_remote(), &["ls-add", "acked-before"]).expect("acknowledged before the crash");

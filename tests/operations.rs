@@ -34,22 +34,7 @@ fn sample(body: &str, name: &str) -> Option<f64> {
 #[test]
 fn metrics_and_health_after_a_rewrite() {
     let nb = nb();
-    ovn_nbctl(
-        &nb.server.unix_remote(),
-        &[
-            "ls-add",
-            "sw0",
-            "--",
-            "lsp-add",
-            "sw0",
-            "vm1",
-            "--",
-            "lsp-set-options",
-            "vm1",
-            "requested-chassis=hv1",
-        ],
-    )
-    .expect("seed");
+    seed_vm1(&nb.server.unix_remote());
     let mut p = Proxy::start(&nb.server.unix_remote(), &["--metrics=127.0.0.1:0"]);
     let addr = metrics_addr(&mut p);
     assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".into()));
@@ -147,22 +132,7 @@ fn check_config_accepts_good_files_and_names_the_problem_in_bad_ones() {
 #[test]
 fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_bad() {
     let nb = nb();
-    ovn_nbctl(
-        &nb.server.unix_remote(),
-        &[
-            "ls-add",
-            "sw0",
-            "--",
-            "lsp-add",
-            "sw0",
-            "vm1",
-            "--",
-            "lsp-set-options",
-            "vm1",
-            "requested-chassis=hv1",
-        ],
-    )
-    .expect("seed");
+    seed_vm1(&nb.server.unix_remote());
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, "[migration]\ndestination-key = \"a\"\n").expect("write");

@@ -27,7 +27,7 @@ use super::upstream::{BoxIo, Pick, Upstreams};
 use super::Shared;
 use crate::cache::{sb, SbCache, Touched, COLUMNS};
 use crate::policy::{plan_reconcile, LspState, LSP_TABLE, NB_DB};
-use crate::rewrite::show_opts;
+use crate::rewrite::{audit, Audit};
 use crate::timeline::{Phase, Stage};
 use crate::wire::FrameCodec;
 
@@ -281,16 +281,7 @@ impl NbHandler {
         let view = shared.view();
         let finalized = |p: &str, d: &str| crate::policy::LspView::finalized(&view, p, d);
         let (ops, change) = plan_reconcile(before, row, &shared.policy(), &finalized)?;
-        info!(
-            target: "ovn_nb_proxy::audit",
-            port = %change.port,
-            before = ?show_opts(&change.before),
-            after = ?show_opts(&change.after),
-            cause = %change.cause.as_str(),
-            client = "reconciler",
-            dry_run = shared.dry_run,
-            "reconcile"
-        );
+        audit(Audit::Reconcile, &change, "reconciler", shared.dry_run);
         if shared.dry_run {
             shared.metrics.reconciles.get_or_create(&[("outcome", "dry_run")]).inc();
             return None;

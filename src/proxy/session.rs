@@ -19,7 +19,7 @@ use super::listener::Incoming;
 use super::upstream::{Pick, Upstreams};
 use super::{Config, Shared};
 use crate::record::Recorder;
-use crate::rewrite::{cancelled_id, fix_reply, inspect_request, show_opts, PendingMap};
+use crate::rewrite::{audit, cancelled_id, fix_reply, inspect_request, Audit, PendingMap};
 use crate::wire::{Chunk, FrameCodec, FrameError};
 
 const READ_BUF: usize = 64 * 1024;
@@ -276,16 +276,7 @@ impl ClientTap<'_> {
         }
         for c in &ins.plan.changes {
             shared.metrics.rewrites.get_or_create(&[("cause", c.cause.as_str())]).inc();
-            info!(
-                target: "ovn_nb_proxy::audit",
-                port = %c.port,
-                before = ?show_opts(&c.before),
-                after = ?show_opts(&c.after),
-                cause = %c.cause.as_str(),
-                client = %self.peer,
-                dry_run = shared.dry_run,
-                "rewrite"
-            );
+            audit(Audit::Rewrite, c, self.peer, shared.dry_run);
         }
         if shared.dry_run {
             return None;

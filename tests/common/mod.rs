@@ -26,6 +26,26 @@ pub fn nb() -> Nb {
     Nb { server, dir }
 }
 
+/// Switch `sw0` with port `vm1` running on hv1 (`requested-chassis=hv1`), written to `db`.
+pub fn seed_vm1(db: &str) {
+    ovn_nbctl(
+        db,
+        &[
+            "ls-add",
+            "sw0",
+            "--",
+            "lsp-add",
+            "sw0",
+            "vm1",
+            "--",
+            "lsp-set-options",
+            "vm1",
+            "requested-chassis=hv1",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("seeding sw0/vm1: {e:#}"));
+}
+
 /// The proxy binary, started with `--listen punix:DIR/proxy.sock --listen ptcp:0` plus `extra`.
 pub struct Proxy {
     child: Child,

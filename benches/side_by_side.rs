@@ -15,7 +15,9 @@
 //! `SBS_RUNS` (default 3): interleaved runs per measurement, medians reported.
 //! `SBS_PORTS` (default `20000,100000`): database sizes for the dumps; the other measurements use
 //! the first size. `SBS_BIG_MB` (default 500): size of the monitor reply for the RSS measurement;
-//! 0 skips it.
+//! 0 skips it. `SBS_ONLY` (default all): a comma list of `dump`, `nbctl`, `rtt`, `tput`, `rss`.
+//! `SBS_PROXY_WORKERS`: the proxy's tokio worker threads (`TOKIO_WORKER_THREADS`; default: one
+//! per core).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -221,6 +223,9 @@ impl Drop for Daemon {
 fn start_proxy(upstream: &str) -> Result<(Daemon, String)> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy"));
     cmd.arg(format!("--upstream={upstream}")).arg("--listen=ptcp:0").args(["--log", "info"]);
+    if let Ok(n) = std::env::var("SBS_PROXY_WORKERS") {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
     let mut d = Daemon::spawn(cmd)?;
     let line = d.wait_log("ptcp:", Duration::from_secs(10))?;
     let port: u16 = line
@@ -230,7 +235,26 @@ fn start_proxy(upstream: &str) -> Result<(Daemon, String)> {
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| format!("no port in {line:?}"))?;
     d.wait_log("port cache synchronised", Duration::from_secs(120))?;
+    wait_idle(d.pid())?;
     Ok((d, format!("tcp:127.0.0.1:{port}")))
+}
+
+/// Waits until a process has settled (under 2 ms of CPU in 200 ms): the proxy goes on working
+/// through the initial monitor reply (timelines, reconciler) after it logs the cache synchronised.
+fn wait_idle(pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = cpu_ns(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = cpu_ns(pid);
+        if now - last < 2_000_000 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the proxy did not settle within 300 s".into());
+        }
+        last = now;
+    }
 }
 
 fn start_relay(upstream: &str) -> Result<(Daemon, String)> {
@@ -309,31 +333,69 @@ fn nbctl_ms(remote: &str, n: usize, args: &dyn Fn(usize) -> Vec<String>) -> Resu
     Ok(total.as_secs_f64() * 1e3 / n as f64)
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Rtt {
+    /// Answered by the server's JSON-RPC layer.
+    Echo,
+    /// A write the proxy forwards without parsing (no port in it).
+    Switch,
+    /// A write the proxy's policy looks at (an untagged port: forwarded as it came), and that
+    /// its own port monitor then receives.
+    Port,
+}
+
+/// The rows the small transactions write, by uuid, as OVSDB clients address them (a `where` on
+/// `name` makes ovsdb-server 3.1 scan the table: ~1.3 ms at 20 000 ports, for every path alike).
+struct Targets {
+    switch: String,
+    /// `lsp0`, `lsp1`, ...
+    ports: Vec<String>,
+}
+
+fn targets(nb: &NbServer, ports: usize) -> Result<Targets> {
+    let mut rpc = Rpc::new(UnixStream::connect(nb.socket())?);
+    let uuid_of = |rpc: &mut Rpc<UnixStream>, table: &str, name: &str| -> Result<String> {
+        let r = rpc
+            .transact(vec![json!({"op": "select", "table": table, "where": [["name", "==", name]],
+            "columns": ["_uuid"]})])?;
+        Ok(r[0]["rows"][0]["_uuid"][1].as_str().ok_or_else(|| format!("no {table} {name}"))?.to_string())
+    };
+    let switch = uuid_of(&mut rpc, "Logical_Switch", "ls0")?;
+    let ports = (0..ports)
+        .map(|i| uuid_of(&mut rpc, "Logical_Switch_Port", &format!("lsp{i}")))
+        .collect::<Result<_>>()?;
+    Ok(Targets { switch, ports })
+}
+
+fn update(table: &str, uuid: &str, value: String) -> Value {
+    json!({"op": "update", "table": table, "where": [["_uuid", "==", ["uuid", uuid]]],
+           "row": {"external_ids": ["map", [["bench", value]]]}})
+}
+
 /// µs per round trip, `n` sequential requests on one connection.
-fn rtt_us(remote: &str, n: usize, transact: bool) -> Result<f64> {
+fn rtt_us(remote: &str, n: usize, kind: Rtt, t: &Targets) -> Result<f64> {
     let mut rpc = Rpc::new(tcp(remote)?);
     rpc.call("echo", json!([]))?;
-    let t = Instant::now();
+    let start = Instant::now();
     for i in 0..n {
-        if transact {
-            rpc.transact(vec![json!({"op": "update", "table": "Logical_Switch_Port",
-                "where": [["name", "==", "lsp0"]],
-                "row": {"external_ids": ["map", [["bench", i.to_string()]]]}})])?;
-        } else {
-            rpc.call("echo", json!([i]))?;
-        }
+        match kind {
+            Rtt::Echo => rpc.call("echo", json!([i]))?,
+            Rtt::Switch => rpc.transact(vec![update("Logical_Switch", &t.switch, i.to_string())])?,
+            Rtt::Port => rpc.transact(vec![update("Logical_Switch_Port", &t.ports[0], i.to_string())])?,
+        };
     }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+    Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
 
 /// Transactions per second: `clients` connections, each `per_client` sequential updates of a
 /// port of its own.
-fn throughput(remote: &str, clients: usize, per_client: usize) -> Result<f64> {
+fn throughput(remote: &str, clients: usize, per_client: usize, t: &Targets) -> Result<f64> {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let failed = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             let remote = remote.to_string();
+            let port = t.ports[c + 1].clone();
             let barrier = barrier.clone();
             let failed = failed.clone();
             std::thread::spawn(move || -> Result<()> {
@@ -344,9 +406,7 @@ fn throughput(remote: &str, clients: usize, per_client: usize) -> Result<f64> {
                     if failed.load(Ordering::Relaxed) {
                         break;
                     }
-                    let r = rpc.transact(vec![json!({"op": "update", "table": "Logical_Switch_Port",
-                        "where": [["name", "==", format!("lsp{}", c + 1)]],
-                        "row": {"external_ids": ["map", [["bench", format!("{c}-{i}")]]]}})]);
+                    let r = rpc.transact(vec![update("Logical_Switch_Port", &port, format!("{c}-{i}"))]);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                         return r.map(|_| ());
@@ -368,23 +428,86 @@ struct Row {
     what: String,
     unit: &'static str,
     values: [f64; 3],
+    /// The proxy's CPU time (all threads) per run, median, and the operations in one run.
+    proxy_cpu_ms: f64,
+    ops: usize,
 }
 
-/// Runs `f` for each path, `runs` times interleaved; the medians.
-fn measure(remotes: &[String; 3], runs: usize, mut f: impl FnMut(&str) -> Result<f64>) -> Result<[f64; 3]> {
-    let mut samples: [Vec<f64>; 3] = Default::default();
-    for _ in 0..runs {
-        for (i, r) in remotes.iter().enumerate() {
-            samples[i].push(f(r)?);
-        }
+impl Row {
+    fn new(what: String, unit: &'static str, ops: usize, (values, proxy_cpu_ms): ([f64; 3], f64)) -> Row {
+        Row { what, unit, values, proxy_cpu_ms, ops }
     }
-    let [a, b, c] = samples;
-    Ok([median(a), median(b), median(c)])
+}
+
+/// CPU time a process has used, all threads (ns, from the scheduler's accounting).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+/// The three paths to one database. The proxy runs only while it is measured: its own port
+/// monitor costs the server work on every port write, which must not slow the other paths.
+struct Paths {
+    upstream: String,
+    relay: String,
+    /// Highest VmHWM of any proxy instance (kB).
+    proxy_hwm_kb: u64,
+    /// VmRSS of the last proxy instance once settled (kB), and how long it took to settle.
+    proxy_idle_rss_kb: u64,
+    proxy_settle: Vec<f64>,
+}
+
+impl Paths {
+    /// Runs `f` for each path, `runs` times interleaved; the medians, and the proxy's CPU time
+    /// (all threads) per run, median, in ms.
+    ///
+    /// With `warm`, each timed call follows an untimed one on the same path: the first big
+    /// allocation after another process freed hundreds of MB (the proxy loading a large cache,
+    /// or exiting) costs the client up to a second more system time on this VM, whatever path
+    /// it uses.
+    fn measure(
+        &mut self,
+        runs: usize,
+        warm: bool,
+        mut f: impl FnMut(&str) -> Result<f64>,
+    ) -> Result<([f64; 3], f64)> {
+        let mut samples: [Vec<f64>; 3] = Default::default();
+        let mut cpu = Vec::new();
+        let timed = |f: &mut dyn FnMut(&str) -> Result<f64>, r: &str| -> Result<f64> {
+            if warm {
+                f(r)?;
+            }
+            f(r)
+        };
+        for _ in 0..runs {
+            samples[0].push(timed(&mut f, &self.upstream)?);
+            samples[1].push(timed(&mut f, &self.relay)?);
+            let t = Instant::now();
+            let (proxy, remote) = start_proxy(&self.upstream)?;
+            self.proxy_settle.push(t.elapsed().as_secs_f64());
+            self.proxy_idle_rss_kb = status_kb(proxy.pid(), "VmRSS:").unwrap_or(0);
+            if warm {
+                f(&remote)?;
+            }
+            let before = cpu_ns(proxy.pid());
+            samples[2].push(f(&remote)?);
+            cpu.push((cpu_ns(proxy.pid()) - before) as f64 / 1e6);
+            self.proxy_hwm_kb = self.proxy_hwm_kb.max(status_kb(proxy.pid(), "VmHWM:").unwrap_or(0));
+        }
+        let [a, b, c] = samples;
+        Ok(([median(a), median(b), median(c)], median(cpu)))
+    }
 }
 
 fn print_table(rows: &[Row]) {
-    println!("| measurement | direct | relay (socat nodelay) | proxy | relay / direct | proxy / direct |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| measurement | direct | relay (socat nodelay) | proxy | relay / direct | proxy / direct | proxy CPU per op |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let [d, s, p] = r.values;
         let fmt = |v: f64| {
@@ -394,7 +517,18 @@ fn print_table(rows: &[Row]) {
                 format!("{v:.2} {}", r.unit)
             }
         };
-        println!("| {} | {} | {} | {} | {:.3}× | {:.3}× |", r.what, fmt(d), fmt(s), fmt(p), s / d, p / d);
+        let cpu_us = r.proxy_cpu_ms * 1e3 / r.ops as f64;
+        let cpu =
+            if cpu_us >= 1000.0 { format!("{:.1} ms", cpu_us / 1e3) } else { format!("{cpu_us:.1} µs") };
+        println!(
+            "| {} | {} | {} | {} | {:.3}× | {:.3}× | {cpu} |",
+            r.what,
+            fmt(d),
+            fmt(s),
+            fmt(p),
+            s / d,
+            p / d
+        );
     }
 }
 
@@ -408,10 +542,11 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown".into());
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let workers = std::env::var("SBS_PROXY_WORKERS").unwrap_or_else(|_| "default (one per core)".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mem = status_line("/proc/meminfo", "MemTotal:");
     format!(
-        "nproc {nproc}, CPU {cpu}, {mem}, load average at start {}",
+        "nproc {nproc}, CPU {cpu}, {mem}, load average at start {}; proxy worker threads: {workers}",
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     )
 }
@@ -510,6 +645,8 @@ fn main() -> Result<()> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let big_mb = env_usize("SBS_BIG_MB", 500);
+    let only = std::env::var("SBS_ONLY").unwrap_or_default();
+    let want = |what: &str| only.is_empty() || only.split(',').any(|w| w.trim() == what);
     for tool in ["ovsdb-server", "ovsdb-client", "ovn-nbctl", "socat"] {
         require(tool).map_err(|e| format!("{e:#}"))?;
     }
@@ -527,68 +664,82 @@ fn main() -> Result<()> {
         populate_ports(&nb, have, size)?;
         have = size;
         eprintln!("{size} ports populated in {:.1} s", t.elapsed().as_secs_f64());
-        // Fresh middlemen per size: the proxy's cache loads the table at start, as in production.
-        let (proxy, proxy_remote) = start_proxy(&nb.tcp_remote())?;
-        let (_relay, relay_remote) = start_relay(&nb.tcp_remote())?;
-        let remotes = [nb.tcp_remote(), relay_remote, proxy_remote];
+        let targets = targets(&nb, 51)?;
+        let (_relay, relay) = start_relay(&nb.tcp_remote())?;
+        let mut paths = Paths {
+            upstream: nb.tcp_remote(),
+            relay,
+            proxy_hwm_kb: 0,
+            proxy_idle_rss_kb: 0,
+            proxy_settle: Vec::new(),
+        };
         // One untimed dump per path: warm caches, check everything answers.
-        for r in &remotes {
-            dump_ms(r)?;
+        paths.measure(1, false, dump_ms)?;
+        if want("dump") {
+            let dump_runs = if size > 50_000 { runs } else { runs.max(5) };
+            eprintln!("  dump × {dump_runs} per path");
+            rows.push(Row::new(
+                format!("`ovsdb-client dump` Logical_Switch_Port, {size} ports (median of {dump_runs})"),
+                "ms",
+                1,
+                paths.measure(dump_runs, true, dump_ms)?,
+            ));
         }
-        let dump_runs = if size > 50_000 { runs } else { runs.max(5) };
-        eprintln!("  dump × {dump_runs} per path");
-        rows.push(Row {
-            what: format!("`ovsdb-client dump` Logical_Switch_Port, {size} ports (median of {dump_runs})"),
-            unit: "ms",
-            values: measure(&remotes, dump_runs, dump_ms)?,
-        });
-        if k == 0 {
+        if k == 0 && want("nbctl") {
             eprintln!("  ovn-nbctl ls-list × 50 per run");
-            rows.push(Row {
-                what: format!("`ovn-nbctl ls-list`, per call (50 calls, {size} ports)"),
-                unit: "ms",
-                values: measure(&remotes, runs, |r| nbctl_ms(r, 50, &|_| vec!["ls-list".into()]))?,
-            });
+            rows.push(Row::new(
+                format!("`ovn-nbctl ls-list`, per call (50 calls, {size} ports)"),
+                "ms",
+                50,
+                paths.measure(runs, true, |r| nbctl_ms(r, 50, &|_| vec!["ls-list".into()]))?,
+            ));
             eprintln!("  ovn-nbctl set × 10 per run");
-            rows.push(Row {
-                what: format!("`ovn-nbctl set Logical_Switch_Port`, per call (10 calls, {size} ports)"),
-                unit: "ms",
-                values: measure(&remotes, runs, |r| {
-                    nbctl_ms(r, 10, &|i| {
-                        vec![
-                            "set".into(),
-                            "Logical_Switch_Port".into(),
-                            "lsp0".into(),
-                            format!("external_ids:nbctl={i}"),
-                        ]
-                    })
-                })?,
-            });
+            let set = |i: usize| {
+                ["set", "Logical_Switch_Port", "lsp0", &format!("external_ids:nbctl={i}")]
+                    .map(String::from)
+                    .to_vec()
+            };
+            rows.push(Row::new(
+                format!("`ovn-nbctl set Logical_Switch_Port`, per call (10 calls, {size} ports)"),
+                "ms",
+                10,
+                paths.measure(runs, true, |r| nbctl_ms(r, 10, &set))?,
+            ));
+        }
+        if k == 0 && want("rtt") {
             eprintln!("  round trips");
-            rows.push(Row {
-                what: "2000 `echo` round trips on one connection, per round trip".into(),
-                unit: "µs",
-                values: measure(&remotes, runs, |r| rtt_us(r, 2000, false))?,
-            });
-            rows.push(Row {
-                what: "2000 `transact` (update one port) on one connection, per round trip".into(),
-                unit: "µs",
-                values: measure(&remotes, runs, |r| rtt_us(r, 2000, true))?,
-            });
+            for (what, kind) in [
+                ("`echo`", Rtt::Echo),
+                ("`transact` updating a switch", Rtt::Switch),
+                ("`transact` updating a port", Rtt::Port),
+            ] {
+                rows.push(Row::new(
+                    format!("2000 {what} on one connection, per round trip"),
+                    "µs",
+                    2000,
+                    paths.measure(runs, false, |r| rtt_us(r, 2000, kind, &targets))?,
+                ));
+            }
+        }
+        if k == 0 && want("tput") {
             eprintln!("  throughput");
-            rows.push(Row {
-                what: "50 clients × 1000 `transact` (update a port each), throughput".into(),
-                unit: "txn/s",
-                values: measure(&remotes, runs, |r| throughput(r, 50, 1000))?,
-            });
+            rows.push(Row::new(
+                "50 clients × 1000 `transact` (each updating a port of its own), throughput".into(),
+                "txn/s",
+                50_000,
+                paths.measure(runs, false, |r| throughput(r, 50, 1000, &targets))?,
+            ));
         }
         proxy_rss.push(format!(
-            "proxy with {size} ports cached: VmHWM {:.1} MB",
-            status_kb(proxy.pid(), "VmHWM:").unwrap_or(0) as f64 / 1024.0
+            "proxy with {size} ports in its cache: VmRSS {:.1} MB once settled, VmHWM {:.1} MB (highest of its \
+             instances); start to settled (initial monitor reply loaded and looked at): {:.2} s (median)",
+            paths.proxy_idle_rss_kb as f64 / 1024.0,
+            paths.proxy_hwm_kb as f64 / 1024.0,
+            median(paths.proxy_settle.clone()),
         ));
     }
     drop(nb);
-    let big = if big_mb > 0 {
+    let big = if big_mb > 0 && want("rss") {
         eprintln!("big monitor reply: {big_mb} MB");
         Some(rss_under_big_reply(big_mb)?)
     } else {

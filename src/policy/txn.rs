@@ -597,7 +597,19 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
             }
         } else {
             let where_ = match (&w.pre, &w.named, w.cur.uuid.is_empty()) {
-                (Some(pre), _, _) => where_uuid(&UuidRef::Uuid(pre.uuid.clone())),
+                // An existing row: what the proxy computed rests on its cache, which may be one
+                // monitor round trip behind. The appended op only applies if the row is, after
+                // the client's ops, exactly as the proxy assumed; otherwise it matches nothing
+                // (not an error) and the reconciler decides from the real state.
+                (Some(pre), _, _) => {
+                    let mut w_ = where_uuid(&UuidRef::Uuid(pre.uuid.clone()));
+                    if let Some(conds) = w_.as_array_mut() {
+                        let as_map = |m: &StrMap| map_json(m.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                        conds.push(json!(["options", "==", as_map(&w.cur.options)]));
+                        conds.push(json!(["external_ids", "==", as_map(&w.cur.external_ids)]));
+                    }
+                    w_
+                }
                 (None, Some(named), _) => where_uuid(&UuidRef::Named(named.clone())),
                 (None, None, false) => where_uuid(&UuidRef::Uuid(w.cur.uuid.clone())),
                 (None, None, true) if !w.cur.name.is_empty() => json!([["name", "==", w.cur.name]]),

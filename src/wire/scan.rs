@@ -65,7 +65,8 @@ impl Scanner {
             let b = buf[i];
             i += 1;
             match b {
-                b'"' => self.in_string = true,
+                // A string outside any object is not a message: refused like any other byte.
+                b'"' if self.depth > 0 => self.in_string = true,
                 b'{' | b'[' => {
                     if self.depth == 0 && b != b'{' {
                         return Err(ScanError::NotAnObject(b));
@@ -155,6 +156,9 @@ mod tests {
         assert_eq!(ends(b"[1,2,3]", &[]), Err(ScanError::NotAnObject(b'[')));
         assert_eq!(ends(b"{} 42", &[]), Err(ScanError::NotAnObject(b'4')));
         assert_eq!(ends(b"}", &[]), Err(ScanError::NotAnObject(b'}')));
+        // A top-level string is refused too, not skipped like whitespace (found by fuzzing).
+        assert_eq!(ends(b"\"x\"{}", &[]), Err(ScanError::NotAnObject(b'"')));
+        assert_eq!(ends(b"{} \"{}", &[]), Err(ScanError::NotAnObject(b'"')));
     }
 
     #[test]

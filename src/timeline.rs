@@ -117,10 +117,6 @@ impl Migration {
             .unwrap_or("-")
     }
 
-    pub fn is_activated(&self) -> bool {
-        self.reached(Stage::Activated)
-    }
-
     /// Time from the first event to `stage`, if reached.
     pub fn elapsed_to(&self, stage: Stage) -> Option<Duration> {
         let at = self.events.iter().find(|(s, _)| *s == stage)?.1;

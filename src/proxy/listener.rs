@@ -36,19 +36,6 @@ pub enum BoundAddr {
     Unix(PathBuf),
 }
 
-impl BoundAddr {
-    /// The remote a client passes to `--db` to reach this listener.
-    pub fn client_remote(&self) -> String {
-        match self {
-            BoundAddr::Tcp(a) if a.is_ipv6() => format!("tcp:[{}]:{}", a.ip(), a.port()),
-            BoundAddr::Tcp(a) => format!("tcp:{}:{}", a.ip(), a.port()),
-            BoundAddr::Ssl(a) if a.is_ipv6() => format!("ssl:[{}]:{}", a.ip(), a.port()),
-            BoundAddr::Ssl(a) => format!("ssl:{}:{}", a.ip(), a.port()),
-            BoundAddr::Unix(p) => format!("unix:{}", p.display()),
-        }
-    }
-}
-
 impl fmt::Display for BoundAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

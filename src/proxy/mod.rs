@@ -188,16 +188,6 @@ impl Proxy {
         self.shared.clone()
     }
 
-    /// The metrics endpoint's address, if any (port 0 gets a kernel-chosen port).
-    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
-    /// The addresses actually bound (`ptcp:0` gets a kernel-chosen port).
-    pub fn local_addrs(&self) -> Vec<BoundAddr> {
-        self.listeners.iter().map(Listener::local_addr).collect()
-    }
-
     /// Serves until `shutdown` is cancelled. Then the listeners close at once, open sessions
     /// get `drain_grace` to finish by themselves, and whatever is left is closed.
     pub async fn serve(self, shutdown: CancellationToken) {

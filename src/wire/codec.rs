@@ -67,11 +67,6 @@ impl FrameCodec {
     pub fn set_streaming(&mut self, on: bool) {
         self.streaming = on;
     }
-
-    /// True while a streamed message is unfinished: its head has already been handed out.
-    pub fn mid_stream(&self) -> bool {
-        self.mid_stream
-    }
 }
 
 impl Decoder for FrameCodec {

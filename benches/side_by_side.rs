@@ -16,8 +16,7 @@
 //! `SBS_PORTS` (default `20000,100000`): database sizes for the dumps; the other measurements use
 //! the first size. `SBS_BIG_MB` (default 500): size of the monitor reply for the RSS measurement;
 //! 0 skips it. `SBS_ONLY` (default all): a comma list of `dump`, `nbctl`, `rtt`, `tput`, `rss`.
-//! `SBS_PROXY_WORKERS`: the proxy's tokio worker threads (`TOKIO_WORKER_THREADS`; default: one
-//! per core).
+//! `SBS_PROXY_THREADS`: the proxy's `--threads` (default: the proxy's default, 1).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -223,8 +222,8 @@ impl Drop for Daemon {
 fn start_proxy(upstream: &str) -> Result<(Daemon, String)> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy"));
     cmd.arg(format!("--upstream={upstream}")).arg("--listen=ptcp:0").args(["--log", "info"]);
-    if let Ok(n) = std::env::var("SBS_PROXY_WORKERS") {
-        cmd.env("TOKIO_WORKER_THREADS", n);
+    if let Ok(n) = std::env::var("SBS_PROXY_THREADS") {
+        cmd.arg(format!("--threads={n}"));
     }
     let mut d = Daemon::spawn(cmd)?;
     let line = d.wait_log("ptcp:", Duration::from_secs(10))?;
@@ -542,11 +541,11 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown".into());
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let workers = std::env::var("SBS_PROXY_WORKERS").unwrap_or_else(|_| "default (one per core)".into());
+    let workers = std::env::var("SBS_PROXY_THREADS").unwrap_or_else(|_| "default (1)".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mem = status_line("/proc/meminfo", "MemTotal:");
     format!(
-        "nproc {nproc}, CPU {cpu}, {mem}, load average at start {}; proxy worker threads: {workers}",
+        "nproc {nproc}, CPU {cpu}, {mem}, load average at start {}; proxy --threads: {workers}",
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     )
 }

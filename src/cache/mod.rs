@@ -8,5 +8,5 @@
 pub mod nb;
 pub mod sb;
 
-pub use nb::{LspCache, Touched, COLUMNS};
+pub use nb::{BadUpdate, LspCache, Touched, COLUMNS};
 pub use sb::SbCache;

@@ -1,33 +1,145 @@
 //! The proxy's own view of `Logical_Switch_Port` (`name`, `options`, `external_ids`), fed by a
-//! `monitor_cond` on a connection of its own. Pure: it applies `<table-updates2>` values it is
+//! `monitor_cond` on a connection of its own. Pure: it applies `<table-updates2>` text it is
 //! given; the connection lives in `proxy::monitor`.
 //!
 //! It supplies the state a transaction does not carry (the pre-state of the ports it touches).
 //! It may lag the database by one monitor round trip; the reconciler covers that window.
+//!
+//! Every port of the database lives here, so rows are stored compactly (a uuid in 16 bytes,
+//! maps as sorted boxed pairs) and updates are decoded straight into them, without an
+//! intermediate JSON tree: at 100 000 ports a `serde_json::Value` of the initial monitor reply
+//! alone is ~18 times the size of its text. Readers get owned `LspState`s, built on demand.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use dashmap::DashMap;
-use serde_json::Value;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
-use crate::policy::value::{parse_str_map, parse_str_scalar, StrMap};
+use crate::policy::value::StrMap;
 use crate::policy::{LspState, LspView, LSP_TABLE};
 
 /// The columns the monitor asks for.
 pub const COLUMNS: [&str; 3] = ["name", "options", "external_ids"];
 
+/// A row uuid in its 128 bits. OVSDB writes uuids as 8-4-4-4-12 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Uuid(u128);
+
+impl Uuid {
+    pub fn parse(s: &str) -> Option<Uuid> {
+        let b = s.as_bytes();
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return None;
+        }
+        let mut n: u128 = 0;
+        for (i, &c) in b.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                continue;
+            }
+            n = n << 4 | (c as char).to_digit(16)? as u128;
+        }
+        Some(Uuid(n))
+    }
+}
+
+impl fmt::Display for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let h = format!("{:032x}", self.0);
+        write!(f, "{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    }
+}
+
+/// A string map as sorted, boxed pairs: a third of a `BTreeMap`'s size for the few keys a port has.
+type Pairs = Box<[(Box<str>, Box<str>)]>;
+
+/// One cached port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    name: Box<str>,
+    options: Pairs,
+    external_ids: Pairs,
+}
+
+impl Row {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn state(&self, uuid: Uuid) -> LspState {
+        let map = |p: &Pairs| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<StrMap>();
+        LspState {
+            uuid: uuid.to_string(),
+            name: self.name.to_string(),
+            options: map(&self.options),
+            external_ids: map(&self.external_ids),
+        }
+    }
+
+    /// Sets the columns present in `cols`. With `diff`, maps are update2 diffs: a pair whose
+    /// key holds the same value is a removal, any other pair is an addition or a change.
+    fn apply(&mut self, cols: Cols, diff: bool) {
+        if let Some(name) = cols.name {
+            self.name = name;
+        }
+        for (new, target) in [(cols.options, &mut self.options), (cols.external_ids, &mut self.external_ids)] {
+            let Some(new) = new else { continue };
+            *target = if diff { apply_diff(target, new.0) } else { sorted(new.0) };
+        }
+    }
+}
+
+fn sorted(mut pairs: Vec<(Box<str>, Box<str>)>) -> Pairs {
+    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // The server sends no duplicate key; should one come, the last wins, as in a map.
+    pairs.reverse();
+    pairs.dedup_by(|a, b| a.0 == b.0);
+    pairs.reverse();
+    pairs.into_boxed_slice()
+}
+
+fn apply_diff(old: &Pairs, diff: Vec<(Box<str>, Box<str>)>) -> Pairs {
+    let mut map: std::collections::BTreeMap<Box<str>, Box<str>> = old.iter().cloned().collect();
+    for (k, v) in diff {
+        if map.get(&k) == Some(&v) {
+            map.remove(&k);
+        } else {
+            map.insert(k, v);
+        }
+    }
+    map.into_iter().collect()
+}
+
 /// One row a monitor update touched: as it was (`None`: new) and as it is (`None`: deleted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Touched {
-    pub before: Option<LspState>,
-    pub after: Option<LspState>,
+    pub uuid: Uuid,
+    pub before: Option<Arc<Row>>,
+    pub after: Option<Arc<Row>>,
 }
+
+impl Touched {
+    pub fn before_state(&self) -> Option<LspState> {
+        self.before.as_ref().map(|r| r.state(self.uuid))
+    }
+
+    pub fn after_state(&self) -> Option<LspState> {
+        self.after.as_ref().map(|r| r.state(self.uuid))
+    }
+}
+
+/// An update the monitor connection could not read (it then resynchronises).
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable Logical_Switch_Port update: {0}")]
+pub struct BadUpdate(#[from] serde_json::Error);
 
 #[derive(Debug, Default)]
 pub struct LspCache {
-    rows: DashMap<String, LspState>,
+    rows: DashMap<Uuid, Arc<Row>>,
     /// name → uuid. Names are unique in the NB schema (an index), so one uuid per name.
-    names: DashMap<String, String>,
+    names: DashMap<Box<str>, Uuid>,
     synced: AtomicBool,
 }
 
@@ -53,96 +165,184 @@ impl LspCache {
         self.rows.is_empty()
     }
 
-    /// Replaces the whole content with a monitor reply's initial rows.
-    pub fn reset(&self, initial: &Value) -> Vec<Touched> {
+    /// Replaces the whole content with a monitor reply's initial rows (`<table-updates2>` text).
+    pub fn reset(&self, initial: &str) -> Result<Vec<Touched>, BadUpdate> {
+        let updates: TableUpdates = serde_json::from_str(initial)?;
         self.rows.clear();
         self.names.clear();
-        let touched = self.apply(initial);
+        let touched = self.apply_parsed(updates);
         self.synced.store(true, Ordering::Release);
-        touched
+        Ok(touched)
     }
 
-    /// Applies `<table-updates2>` (`initial`/`insert` rows, `modify` diffs, `delete`) and says
-    /// what each touched row was before and is now. Malformed pieces are skipped: the monitor
-    /// is resynchronised on reconnect anyway.
-    pub fn apply(&self, updates: &Value) -> Vec<Touched> {
-        let mut touched = Vec::new();
-        let Some(rows) = updates.get(LSP_TABLE).and_then(Value::as_object) else { return touched };
-        for (uuid, change) in rows {
-            let Some(change) = change.as_object() else { continue };
-            let before = self.rows.get(uuid).map(|r| r.clone());
-            let after = if let Some(row) = change.get("initial").or_else(|| change.get("insert")) {
-                let mut state = LspState { uuid: uuid.clone(), ..LspState::default() };
-                apply_columns(&mut state, row, false);
-                self.put(state.clone());
-                Some(state)
-            } else if let Some(diff) = change.get("modify") {
-                let Some(mut state) = before.clone() else { continue };
-                apply_columns(&mut state, diff, true);
-                self.put(state.clone());
-                Some(state)
-            } else if change.contains_key("delete") {
-                if let Some((_, old)) = self.rows.remove(uuid) {
-                    self.names.remove_if(&old.name, |_, u| u == uuid);
+    /// Applies `<table-updates2>` text (`initial`/`insert` rows, `modify` diffs, `delete`) and
+    /// says what each touched row was before and is now. Rows of other tables are skipped; an
+    /// update that is not `<table-updates2>` changes nothing and is an error.
+    pub fn apply(&self, updates: &str) -> Result<Vec<Touched>, BadUpdate> {
+        Ok(self.apply_parsed(serde_json::from_str(updates)?))
+    }
+
+    fn apply_parsed(&self, updates: TableUpdates) -> Vec<Touched> {
+        let mut touched = Vec::with_capacity(updates.0.len());
+        for (uuid, change) in updates.0 {
+            let before = self.rows.get(&uuid).map(|r| Arc::clone(&r));
+            let after = if let Some(cols) = change.initial.or(change.insert) {
+                let mut row = Row::default();
+                row.apply(cols, false);
+                Some(self.put(uuid, before.as_deref(), row))
+            } else if let Some(cols) = change.modify {
+                let Some(old) = before.as_deref() else { continue };
+                let mut row = old.clone();
+                row.apply(cols, true);
+                Some(self.put(uuid, Some(old), row))
+            } else if change.delete {
+                if let Some((_, old)) = self.rows.remove(&uuid) {
+                    self.names.remove_if(&old.name, |_, u| *u == uuid);
                 }
                 None
             } else {
                 continue;
             };
-            touched.push(Touched { before, after });
+            touched.push(Touched { uuid, before, after });
         }
         touched
     }
 
-    fn put(&self, state: LspState) {
-        if let Some(old) = self.rows.get(&state.uuid).map(|r| r.name.clone()) {
-            if old != state.name {
-                self.names.remove_if(&old, |_, u| *u == state.uuid);
-            }
+    fn put(&self, uuid: Uuid, old: Option<&Row>, row: Row) -> Arc<Row> {
+        if let Some(old) = old.filter(|o| o.name != row.name) {
+            self.names.remove_if(&old.name, |_, u| *u == uuid);
         }
-        self.names.insert(state.name.clone(), state.uuid.clone());
-        self.rows.insert(state.uuid.clone(), state);
+        if old.is_none_or(|o| o.name != row.name) {
+            self.names.insert(row.name.clone(), uuid);
+        }
+        let row = Arc::new(row);
+        self.rows.insert(uuid, Arc::clone(&row));
+        row
     }
-}
 
-/// Sets the monitored columns present in `row`. With `diff`, maps are update2 diffs: a pair
-/// whose key holds the same value is a removal, any other pair is an addition or a change.
-fn apply_columns(state: &mut LspState, row: &Value, diff: bool) {
-    if let Some(name) = row.get("name").and_then(|v| parse_str_scalar(v).ok()) {
-        state.name = name;
-    }
-    for (col, target) in [("options", &mut state.options), ("external_ids", &mut state.external_ids)] {
-        let Some(map) = row.get(col).and_then(|v| parse_str_map(v).ok()) else { continue };
-        if diff {
-            apply_map_diff(target, map);
-        } else {
-            *target = map;
-        }
-    }
-}
-
-fn apply_map_diff(target: &mut StrMap, diff: StrMap) {
-    for (k, v) in diff {
-        if target.get(&k) == Some(&v) {
-            target.remove(&k);
-        } else {
-            target.insert(k, v);
-        }
+    fn state(&self, uuid: Uuid) -> Option<LspState> {
+        self.rows.get(&uuid).map(|r| r.state(uuid))
     }
 }
 
 impl LspView for LspCache {
     fn by_uuid(&self, uuid: &str) -> Option<LspState> {
-        self.rows.get(uuid).map(|r| r.clone())
+        self.state(Uuid::parse(uuid)?)
     }
 
     fn by_name(&self, name: &str) -> Option<LspState> {
-        let uuid = self.names.get(name)?.clone();
-        self.by_uuid(&uuid)
+        let uuid = *self.names.get(name)?;
+        self.state(uuid)
     }
 
     fn all(&self) -> Vec<LspState> {
-        self.rows.iter().map(|r| r.clone()).collect()
+        self.rows.iter().map(|r| r.state(*r.key())).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `<table-updates2>` for the one table, decoded straight into rows.
+
+/// The `Logical_Switch_Port` member of a `<table-updates2>` object, in order; other tables
+/// are skipped.
+struct TableUpdates(Vec<(Uuid, RowUpdate)>);
+
+#[derive(Deserialize)]
+struct RowUpdate {
+    initial: Option<Cols>,
+    insert: Option<Cols>,
+    modify: Option<Cols>,
+    #[serde(default, deserialize_with = "present")]
+    delete: bool,
+}
+
+#[derive(Deserialize)]
+struct Cols {
+    name: Option<Box<str>>,
+    options: Option<StrPairs>,
+    external_ids: Option<StrPairs>,
+}
+
+/// `delete` carries `null`: what counts is that the member is there.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d)?;
+    Ok(true)
+}
+
+/// `["map", [[k, v], ...]]` with string keys and values.
+struct StrPairs(Vec<(Box<str>, Box<str>)>);
+
+impl<'de> Deserialize<'de> for StrPairs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrPairs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("[\"map\", [[string, string], ...]]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<StrPairs, A::Error> {
+                let tag: std::borrow::Cow<'de, str> =
+                    s.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                if tag != "map" {
+                    return Err(de::Error::invalid_value(de::Unexpected::Str(&tag), &self));
+                }
+                let pairs = s.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                if s.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(3, &self));
+                }
+                Ok(StrPairs(pairs))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for TableUpdates {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> Visitor<'de> for Tables {
+            type Value = TableUpdates;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a <table-updates2> object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<TableUpdates, M::Error> {
+                let mut out = TableUpdates(Vec::new());
+                while let Some(table) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if table == LSP_TABLE {
+                        out = TableUpdates(m.next_value::<LspRows>()?.0);
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Tables)
+    }
+}
+
+/// `{"<uuid>": <row-update2>, ...}`, in order.
+struct LspRows(Vec<(Uuid, RowUpdate)>);
+
+impl<'de> Deserialize<'de> for LspRows {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Rows;
+        impl<'de> Visitor<'de> for Rows {
+            type Value = LspRows;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of row updates by uuid")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<LspRows, M::Error> {
+                let mut rows = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                while let Some(key) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let uuid = Uuid::parse(&key)
+                        .ok_or_else(|| de::Error::invalid_value(de::Unexpected::Str(&key), &"a uuid"))?;
+                    rows.push((uuid, m.next_value()?));
+                }
+                Ok(LspRows(rows))
+            }
+        }
+        d.deserialize_map(Rows)
     }
 }
 
@@ -151,64 +351,120 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const U1: &str = "00000000-0000-4000-8000-000000000001";
+    const U2: &str = "00000000-0000-4000-8000-000000000002";
+    const U3: &str = "00000000-0000-4000-8000-000000000003";
+
+    #[test]
+    fn uuids_round_trip() {
+        let u = "7ab3c2d9-0f1e-4a5b-9c8d-e7f6a5b4c3d2";
+        assert_eq!(Uuid::parse(u).map(|u| u.to_string()).as_deref(), Some(u));
+        assert_eq!(Uuid::parse(&u.to_uppercase()).map(|u| u.to_string()).as_deref(), Some(u));
+        for bad in ["", "7ab3c2d9", "7ab3c2d9-0f1e-4a5b-9c8d-e7f6a5b4c3dz", "7ab3c2d90f1e-4a5b-9c8d-e7f6a5b4c3d2-"] {
+            assert_eq!(Uuid::parse(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn initial_then_diffs_then_delete() {
         let cache = LspCache::new();
-        cache.reset(&json!({"Logical_Switch_Port":{
-            "u1":{"initial":{"name":"p1","options":["map",[["requested-chassis","hv1"],["x","1"]]]}},
-            "u2":{"initial":{"name":"p2"}}}}));
+        cache
+            .reset(
+                &json!({"Logical_Switch_Port":{
+                U1:{"initial":{"name":"p1","options":["map",[["x","1"],["requested-chassis","hv1"]]]}},
+                U2:{"initial":{"name":"p2"}}}})
+                .to_string(),
+            )
+            .expect("reset");
         assert!(cache.is_synced());
         assert_eq!(cache.len(), 2);
         let p1 = cache.by_name("p1").expect("p1");
+        assert_eq!(p1.uuid, U1);
         assert_eq!(p1.options.get("x").map(String::as_str), Some("1"));
         assert!(p1.external_ids.is_empty());
 
         // x removed (same value), requested-chassis changed, y added; tags added.
-        let touched = cache.apply(&json!({"Logical_Switch_Port":{"u1":{"modify":{
+        let touched = cache
+            .apply(
+                &json!({"Logical_Switch_Port":{U1:{"modify":{
             "options":["map",[["x","1"],["requested-chassis","hv1,hv2"],["y","2"]]],
-            "external_ids":["map",[["migration-destination","hv2"]]]}}}}));
+            "external_ids":["map",[["migration-destination","hv2"]]]}}}})
+                .to_string(),
+            )
+            .expect("apply");
         assert_eq!(touched.len(), 1);
-        assert_eq!(touched[0].before.as_ref().map(|r| r.options.len()), Some(2));
-        assert_eq!(touched[0].after.as_ref().map(|r| r.uuid.as_str()), Some("u1"));
-        let p1 = cache.by_uuid("u1").expect("u1");
+        assert_eq!(touched[0].before_state().map(|r| r.options.len()), Some(2));
+        assert_eq!(touched[0].after_state().map(|r| r.uuid), Some(U1.to_string()));
+        let p1 = cache.by_uuid(U1).expect("u1");
         assert_eq!(p1.options.get("x"), None);
         assert_eq!(p1.options.get("requested-chassis").map(String::as_str), Some("hv1,hv2"));
         assert_eq!(p1.options.get("y").map(String::as_str), Some("2"));
         assert_eq!(p1.external_ids.get("migration-destination").map(String::as_str), Some("hv2"));
 
         // rename keeps the name index right
-        cache.apply(&json!({"Logical_Switch_Port":{"u2":{"modify":{"name":"p2b"}}}}));
+        cache.apply(&json!({"Logical_Switch_Port":{U2:{"modify":{"name":"p2b"}}}}).to_string()).expect("rename");
         assert!(cache.by_name("p2").is_none());
-        assert_eq!(cache.by_name("p2b").expect("renamed").uuid, "u2");
+        assert_eq!(cache.by_name("p2b").expect("renamed").uuid, U2);
 
-        let touched =
-            cache.apply(&json!({"Logical_Switch_Port":{"u1":{"delete":null},"u3":{"insert":{"name":"p3"}}}}));
-        assert!(touched
-            .iter()
-            .any(|t| t.after.is_none() && t.before.as_ref().is_some_and(|b| b.name == "p1")));
-        assert!(cache.by_uuid("u1").is_none());
+        let touched = cache
+            .apply(&json!({"Logical_Switch_Port":{U1:{"delete":null},U3:{"insert":{"name":"p3"}}}}).to_string())
+            .expect("delete, insert");
+        assert!(touched.iter().any(|t| t.after.is_none() && t.before.as_ref().is_some_and(|b| b.name() == "p1")));
+        assert!(cache.by_uuid(U1).is_none());
         assert!(cache.by_name("p1").is_none());
-        assert_eq!(cache.by_name("p3").expect("p3").uuid, "u3");
+        assert_eq!(cache.by_name("p3").expect("p3").uuid, U3);
         assert_eq!(cache.all().len(), 2);
     }
 
     #[test]
     fn reset_forgets_rows_that_are_gone() {
         let cache = LspCache::new();
-        cache.reset(&json!({"Logical_Switch_Port":{"u1":{"initial":{"name":"p1"}}}}));
+        cache.reset(&json!({"Logical_Switch_Port":{U1:{"initial":{"name":"p1"}}}}).to_string()).expect("reset");
         cache.set_unsynced();
         assert!(!cache.is_synced());
-        cache.reset(&json!({"Logical_Switch_Port":{"u2":{"initial":{"name":"p2"}}}}));
+        cache.reset(&json!({"Logical_Switch_Port":{U2:{"initial":{"name":"p2"}}}}).to_string()).expect("reset");
         assert!(cache.by_name("p1").is_none());
         assert!(cache.is_synced());
     }
 
     #[test]
-    fn other_tables_and_garbage_are_ignored() {
+    fn other_tables_are_skipped_and_garbage_refused_whole() {
         let cache = LspCache::new();
-        let touched = cache.apply(&json!({"Logical_Switch":{"s":{"insert":{"name":"sw"}}},
-            "Logical_Switch_Port":{"u":5,"v":{"modify":{"name":"nope"}}}}));
-        assert!(touched.is_empty());
+        let touched = cache
+            .apply(
+                &json!({"Logical_Switch":{"s":{"insert":{"name":"sw", "ports": ["set", []]}}},
+            "Logical_Switch_Port":{U1:{"modify":{"name":"nope"}}}})
+                .to_string(),
+            )
+            .expect("apply");
+        assert!(touched.is_empty(), "a modify of an unknown row is skipped");
         assert!(cache.is_empty());
+        for bad in [
+            json!({"Logical_Switch_Port":{U1:5}}),
+            json!({"Logical_Switch_Port":{"not-a-uuid":{"insert":{"name":"p"}}}}),
+            json!({"Logical_Switch_Port":{U1:{"insert":{"name":"p","options":["set",[]]}}}}),
+            json!({"Logical_Switch_Port":{U1:{"insert":{"name":"p","options":["map",[["k",1]]]}}}}),
+            json!([1]),
+        ] {
+            assert!(cache.apply(&bad.to_string()).is_err(), "{bad}");
+            assert!(cache.is_empty(), "{bad} changed nothing");
+        }
+    }
+
+    #[test]
+    fn rows_are_compact_and_sorted() {
+        let cache = LspCache::new();
+        cache
+            .reset(
+                &json!({"Logical_Switch_Port":{U1:{"initial":{"name":"p1",
+                "external_ids":["map",[["b","2"],["a","1"],["c","3"]]]}}}})
+                .to_string(),
+            )
+            .expect("reset");
+        let row = cache.rows.get(&Uuid::parse(U1).expect("uuid")).map(|r| Arc::clone(&r)).expect("row");
+        let keys: Vec<&str> = row.external_ids.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        // A compact row: no map nodes, just the pairs.
+        assert!(std::mem::size_of::<Row>() <= 48);
     }
 }

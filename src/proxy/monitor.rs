@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -29,7 +31,7 @@ use crate::cache::{sb, SbCache, Touched, COLUMNS};
 use crate::policy::{plan_reconcile, LspState, LSP_TABLE, NB_DB};
 use crate::rewrite::{audit, Audit};
 use crate::timeline::{Phase, Stage};
-use crate::wire::FrameCodec;
+use crate::wire::{Envelope, FrameCodec};
 
 /// The id of the monitor request on each of our connections; our own requests count from 1.
 const MONITOR_REQ_ID: u64 = 0;
@@ -46,6 +48,19 @@ enum MonitorError {
     Closed,
     #[error("monitor request refused: {0}")]
     Refused(String),
+    #[error("{0}")]
+    BadUpdate(String),
+}
+
+impl From<crate::cache::BadUpdate> for MonitorError {
+    fn from(e: crate::cache::BadUpdate) -> Self {
+        MonitorError::BadUpdate(e.to_string())
+    }
+}
+
+/// Reads a small JSON value (a `_Server` or Southbound update, a notification's params).
+fn value(raw: &RawValue) -> Result<Value, MonitorError> {
+    serde_json::from_str(raw.get()).map_err(|e| MonitorError::BadUpdate(format!("unreadable update: {e}")))
 }
 
 /// A request a handler wants sent on its connection (the loop gives it an id).
@@ -59,13 +74,14 @@ fn transact(params: Value) -> Req {
 }
 
 /// What one monitor connection does with what it receives. Each method returns the requests
-/// to send.
+/// to send; an update it cannot read ends the connection (and so resynchronises).
 trait Handler {
     fn label(&self) -> &'static str;
     /// The `monitor_cond` params: `[db, monitor-id, requests]`.
     fn monitor_params(&self) -> Value;
-    fn initial(&mut self, result: &Value) -> Vec<Req>;
-    fn update(&mut self, updates: &Value) -> Vec<Req>;
+    /// The monitor reply's `result` and each `update2`'s `<table-updates2>`, as JSON text.
+    fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError>;
+    fn update(&mut self, updates: &RawValue) -> Result<Vec<Req>, MonitorError>;
     /// A reply to one of the handler's own requests (`request` is what was sent).
     fn reply(&mut self, _request: &Value, _reply: &Value) -> Vec<Req> {
         Vec::new()
@@ -152,31 +168,42 @@ async fn session<H: Handler>(
                     return Err(MonitorError::Closed);
                 }
                 while let Some(chunk) = codec.decode(&mut buf)? {
-                    let Ok(msg) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
-                    let id = msg.get("id").cloned().unwrap_or(Value::Null);
-                    let params = msg.get("params").cloned().unwrap_or(json!([]));
-                    match msg.get("method").and_then(Value::as_str) {
+                    // Only the envelope is parsed here; each handler reads its updates its own way.
+                    let Ok(msg) = Envelope::parse(chunk.bytes()) else { continue };
+                    let id = msg.id.filter(|id| id.get() != "null");
+                    match msg.method.as_deref() {
                         // The server's inactivity probe: answer it, or it drops us.
-                        Some("echo") if !id.is_null() => {
-                            let reply = json!({"id": id, "result": params, "error": null});
-                            w.write_all(reply.to_string().as_bytes()).await?;
+                        Some("echo") if id.is_some() => {
+                            let (id, params) = (id.map_or("null", |r| r.get()), msg.params.map_or("[]", |r| r.get()));
+                            let reply = format!(r#"{{"id":{id},"result":{params},"error":null}}"#);
+                            w.write_all(reply.as_bytes()).await?;
                         }
                         Some("update2") => {
-                            if let Some(u) = params.get(1) {
-                                out.extend(h.update(u));
+                            // params: [<monitor-id>, <table-updates2>]
+                            let updates = msg.params.and_then(|p| {
+                                serde_json::from_str::<(IgnoredAny, &RawValue)>(p.get()).ok()
+                            });
+                            if let Some((_, u)) = updates {
+                                out.extend(h.update(u)?);
                             }
                         }
-                        Some(method) => out.extend(h.notification(method, &params)),
-                        None if id.as_u64() == Some(MONITOR_REQ_ID) => {
-                            if let Some(err) = msg.get("error").filter(|e| !e.is_null()) {
-                                return Err(MonitorError::Refused(err.to_string()));
-                            }
-                            synced = true;
-                            out.extend(h.initial(msg.get("result").unwrap_or(&Value::Null)));
+                        Some(method) => {
+                            let params = msg.params.map(value).transpose()?.unwrap_or_else(|| json!([]));
+                            out.extend(h.notification(method, &params));
                         }
                         None => {
-                            if let Some(req) = id.as_u64().and_then(|n| sent.remove(&n)) {
-                                out.extend(h.reply(&req, &msg));
+                            let n = id.and_then(|id| id.get().parse::<u64>().ok());
+                            if n == Some(MONITOR_REQ_ID) {
+                                if let Some(err) = msg.error.filter(|e| e.get() != "null") {
+                                    return Err(MonitorError::Refused(err.get().to_string()));
+                                }
+                                synced = true;
+                                let result =
+                                    msg.result.ok_or_else(|| MonitorError::Refused("a reply without a result".into()))?;
+                                out.extend(h.initial(result)?);
+                            } else if let Some(req) = n.and_then(|n| sent.remove(&n)) {
+                                let Ok(reply) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
+                                out.extend(h.reply(&req, &reply));
                             }
                         }
                     }
@@ -243,14 +270,14 @@ impl Handler for ServerWatch {
         ServerWatch::monitor_params()
     }
 
-    fn initial(&mut self, result: &Value) -> Vec<Req> {
-        self.apply(result);
-        Vec::new()
+    fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError> {
+        self.apply(&value(result)?);
+        Ok(Vec::new())
     }
 
-    fn update(&mut self, updates: &Value) -> Vec<Req> {
-        self.apply(updates);
-        Vec::new()
+    fn update(&mut self, updates: &RawValue) -> Result<Vec<Req>, MonitorError> {
+        self.apply(&value(updates)?);
+        Ok(Vec::new())
     }
 
     fn disconnected(&mut self) {
@@ -297,16 +324,16 @@ impl NbHandler {
         let mut out = Vec::new();
         let policy = self.shared.policy();
         for t in touched {
-            match &t.after {
+            match t.after_state() {
                 Some(row) => {
-                    for stage in self.shared.timelines.observe_nb(row, &policy, now) {
+                    for stage in self.shared.timelines.observe_nb(&row, &policy, now) {
                         info!(port = %row.name, stage = %stage.as_str(), "migration");
                     }
-                    out.extend(self.reconcile(t.before.as_ref(), row));
+                    out.extend(self.reconcile(t.before_state().as_ref(), &row));
                 }
                 None => {
                     if let Some(old) = &t.before {
-                        self.shared.timelines.forget(&old.name);
+                        self.shared.timelines.forget(old.name());
                     }
                 }
             }
@@ -344,20 +371,20 @@ impl Handler for NbHandler {
         json!([NB_DB, ["ovn-nb-proxy", LSP_TABLE], {LSP_TABLE: [{"columns": COLUMNS}]}])
     }
 
-    fn initial(&mut self, result: &Value) -> Vec<Req> {
+    fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError> {
         self.in_flight.clear();
-        let touched = self.shared.cache.reset(result);
+        let touched = self.shared.cache.reset(result.get())?;
         self.shared.metrics.monitor_resyncs.inc();
         info!(ports = self.shared.cache.len(), "port cache synchronised");
         let mut out = self.touched(touched);
         // Ask for the reconciler lock; the server answers now or with `locked` later.
         out.push(Req { method: "lock", params: json!([self.lock]) });
-        out
+        Ok(out)
     }
 
-    fn update(&mut self, updates: &Value) -> Vec<Req> {
-        let touched = self.shared.cache.apply(updates);
-        self.touched(touched)
+    fn update(&mut self, updates: &RawValue) -> Result<Vec<Req>, MonitorError> {
+        let touched = self.shared.cache.apply(updates.get())?;
+        Ok(self.touched(touched))
     }
 
     fn reply(&mut self, request: &Value, reply: &Value) -> Vec<Req> {
@@ -468,17 +495,18 @@ impl Handler for SbHandler {
         json!(["OVN_Southbound", ["ovn-nb-proxy", "sb"], sb::monitor_requests()])
     }
 
-    fn initial(&mut self, result: &Value) -> Vec<Req> {
+    fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError> {
+        let result = value(result)?;
         self.cache.clear();
-        let ports = self.cache.apply(result);
+        let ports = self.cache.apply(&result);
         info!(bindings = ports.len(), "southbound view synchronised");
         self.touched(ports);
-        Vec::new()
+        Ok(Vec::new())
     }
 
-    fn update(&mut self, updates: &Value) -> Vec<Req> {
-        let ports = self.cache.apply(updates);
+    fn update(&mut self, updates: &RawValue) -> Result<Vec<Req>, MonitorError> {
+        let ports = self.cache.apply(&value(updates)?);
         self.touched(ports);
-        Vec::new()
+        Ok(Vec::new())
     }
 }

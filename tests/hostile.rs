@@ -146,3 +146,55 @@ fn a_client_that_never_reads_slows_nobody_else() {
     w.still_fine("still, later");
     drop(lazy);
 }
+
+/// The policy reads transactions up to 128 levels deep (serde_json's limit); a deeper one is
+/// forwarded as it came. No OVSDB operation nests that deep (a map value is 4 levels), so the
+/// server refuses such a transaction whole: nothing of it is written, migration tags included.
+#[test]
+fn a_transaction_too_deep_for_the_policy_is_refused_whole_by_the_server() {
+    let nb = nb();
+    seed_vm1(&nb.server.unix_remote());
+    let p = Proxy::start(&nb.server.unix_remote(), &[]);
+    let before = ovn_nbctl(
+        &nb.server.unix_remote(),
+        &["--bare", "--columns=options,external_ids", "list", "Logical_Switch_Port", "vm1"],
+    )
+    .expect("vm1 before");
+    let tag = r#"{"op":"mutate","table":"Logical_Switch_Port","where":[["name","==","vm1"]],"mutations":[["external_ids","insert",["map",[["migration-destination","hv2"],["migration-source","hv1"]]]]]}"#;
+    let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    for (case, extra) in [
+        ("a deep member in another op", format!(r#"{{"op":"comment","comment":"x","extra":{}}}"#, deep(300))),
+        (
+            "a deep map value",
+            format!(
+                r#"{{"op":"update","table":"Logical_Switch_Port","where":[["name","==","vm1"]],"row":{{"options":["map",[["k",{}]]]}}}}"#,
+                deep(300)
+            ),
+        ),
+    ] {
+        let mut c = Raw::connect(&p.unix);
+        c.send(
+            format!(r#"{{"method":"transact","params":["OVN_Northbound",{tag},{extra}],"id":1}}"#).as_bytes(),
+        );
+        let reply = c.recv();
+        let refused = reply["result"].as_array().is_some_and(|r| r.iter().any(|o| !o["error"].is_null()))
+            || !reply["error"].is_null();
+        assert!(refused, "{case}: the server refused the transaction: {reply}");
+        let after = ovn_nbctl(
+            &nb.server.unix_remote(),
+            &["--bare", "--columns=options,external_ids", "list", "Logical_Switch_Port", "vm1"],
+        )
+        .expect("vm1 after");
+        assert_eq!(after, before, "{case}: nothing of the transaction was written");
+    }
+    let mut c = Raw::connect(&p.unix);
+    c.send(format!(r#"{{"method":"transact","params":["OVN_Northbound",{tag}],"id":2}}"#).as_bytes());
+    let reply = c.recv();
+    assert!(reply["error"].is_null(), "the same tags alone are accepted: {reply}");
+    let opts = ovn_nbctl(
+        &nb.server.unix_remote(),
+        &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"],
+    )
+    .expect("requested-chassis");
+    assert_eq!(opts.trim(), "\"hv1,hv2\"", "and rewritten by the proxy");
+}

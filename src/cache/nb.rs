@@ -84,7 +84,8 @@ impl Row {
         if let Some(name) = cols.name {
             self.name = name;
         }
-        for (new, target) in [(cols.options, &mut self.options), (cols.external_ids, &mut self.external_ids)] {
+        for (new, target) in [(cols.options, &mut self.options), (cols.external_ids, &mut self.external_ids)]
+        {
             let Some(new) = new else { continue };
             *target = if diff { apply_diff(target, new.0) } else { sorted(new.0) };
         }
@@ -220,7 +221,12 @@ impl LspCache {
         row
     }
 
-    fn state(&self, uuid: Uuid) -> Option<LspState> {
+    /// The uuids of every row (to look at each in turn without holding a copy of the table).
+    pub fn uuids(&self) -> Vec<Uuid> {
+        self.rows.iter().map(|r| *r.key()).collect()
+    }
+
+    pub fn state(&self, uuid: Uuid) -> Option<LspState> {
         self.rows.get(&uuid).map(|r| r.state(uuid))
     }
 }
@@ -360,7 +366,9 @@ mod tests {
         let u = "7ab3c2d9-0f1e-4a5b-9c8d-e7f6a5b4c3d2";
         assert_eq!(Uuid::parse(u).map(|u| u.to_string()).as_deref(), Some(u));
         assert_eq!(Uuid::parse(&u.to_uppercase()).map(|u| u.to_string()).as_deref(), Some(u));
-        for bad in ["", "7ab3c2d9", "7ab3c2d9-0f1e-4a5b-9c8d-e7f6a5b4c3dz", "7ab3c2d90f1e-4a5b-9c8d-e7f6a5b4c3d2-"] {
+        for bad in
+            ["", "7ab3c2d9", "7ab3c2d9-0f1e-4a5b-9c8d-e7f6a5b4c3dz", "7ab3c2d90f1e-4a5b-9c8d-e7f6a5b4c3d2-"]
+        {
             assert_eq!(Uuid::parse(bad), None, "{bad}");
         }
     }
@@ -402,14 +410,20 @@ mod tests {
         assert_eq!(p1.external_ids.get("migration-destination").map(String::as_str), Some("hv2"));
 
         // rename keeps the name index right
-        cache.apply(&json!({"Logical_Switch_Port":{U2:{"modify":{"name":"p2b"}}}}).to_string()).expect("rename");
+        cache
+            .apply(&json!({"Logical_Switch_Port":{U2:{"modify":{"name":"p2b"}}}}).to_string())
+            .expect("rename");
         assert!(cache.by_name("p2").is_none());
         assert_eq!(cache.by_name("p2b").expect("renamed").uuid, U2);
 
         let touched = cache
-            .apply(&json!({"Logical_Switch_Port":{U1:{"delete":null},U3:{"insert":{"name":"p3"}}}}).to_string())
+            .apply(
+                &json!({"Logical_Switch_Port":{U1:{"delete":null},U3:{"insert":{"name":"p3"}}}}).to_string(),
+            )
             .expect("delete, insert");
-        assert!(touched.iter().any(|t| t.after.is_none() && t.before.as_ref().is_some_and(|b| b.name() == "p1")));
+        assert!(touched
+            .iter()
+            .any(|t| t.after.is_none() && t.before.as_ref().is_some_and(|b| b.name() == "p1")));
         assert!(cache.by_uuid(U1).is_none());
         assert!(cache.by_name("p1").is_none());
         assert_eq!(cache.by_name("p3").expect("p3").uuid, U3);
@@ -419,10 +433,14 @@ mod tests {
     #[test]
     fn reset_forgets_rows_that_are_gone() {
         let cache = LspCache::new();
-        cache.reset(&json!({"Logical_Switch_Port":{U1:{"initial":{"name":"p1"}}}}).to_string()).expect("reset");
+        cache
+            .reset(&json!({"Logical_Switch_Port":{U1:{"initial":{"name":"p1"}}}}).to_string())
+            .expect("reset");
         cache.set_unsynced();
         assert!(!cache.is_synced());
-        cache.reset(&json!({"Logical_Switch_Port":{U2:{"initial":{"name":"p2"}}}}).to_string()).expect("reset");
+        cache
+            .reset(&json!({"Logical_Switch_Port":{U2:{"initial":{"name":"p2"}}}}).to_string())
+            .expect("reset");
         assert!(cache.by_name("p1").is_none());
         assert!(cache.is_synced());
     }

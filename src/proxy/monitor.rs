@@ -35,6 +35,8 @@ use crate::wire::{Envelope, FrameCodec};
 
 /// The id of the monitor request on each of our connections; our own requests count from 1.
 const MONITOR_REQ_ID: u64 = 0;
+/// The monitor connection's read buffer, kept between messages.
+const READ_BUF: usize = 64 * 1024;
 /// Consecutive failed reconciles of one row before the reconciler waits for the next update.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -156,7 +158,7 @@ async fn session<H: Handler>(
     let request = json!({"method": "monitor_cond", "params": h.monitor_params(), "id": MONITOR_REQ_ID});
     w.write_all(request.to_string().as_bytes()).await?;
     let mut codec = FrameCodec::new(usize::MAX);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut next_id = MONITOR_REQ_ID + 1;
     let mut sent: HashMap<u64, Value> = HashMap::new();
     let mut synced = false;
@@ -210,6 +212,10 @@ async fn session<H: Handler>(
                 }
             }
             Some(key) = pokes.recv(), if synced => out.extend(h.poke(key)),
+        }
+        // The buffer grew to hold a big message (the initial reply): give the memory back.
+        if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
+            buf = BytesMut::with_capacity(READ_BUF);
         }
         for req in out {
             let id = next_id;
@@ -349,8 +355,9 @@ impl NbHandler {
         self.holding = true;
         self.shared.metrics.reconciler_lock_held.set(1);
         info!(lock = %self.lock, "this proxy is the active reconciler");
-        let rows = crate::policy::LspView::all(&*self.shared.cache);
-        rows.iter().filter_map(|r| self.reconcile(None, r)).collect()
+        // One row at a time: a copy of every row at once would cost the table's size again.
+        let cache = self.shared.cache.clone();
+        cache.uuids().into_iter().filter_map(|u| self.reconcile(None, &cache.state(u)?)).collect()
     }
 
     fn lost_lock(&mut self) {

@@ -1,12 +1,18 @@
 //! `plan_transact` on the two commonest shapes that hit a migrating port, with a view of 1000
 //! ports: a Kube-OVN whole-map `update` of options and an ovn-nbctl `set` (`mutate` + comment).
 //! Both need an in-place rewrite, the costlier path.
+//!
+//! Also the user-space work per message on the data path (`inspect_request` on what passes by)
+//! and on the proxy's port monitor (`LspCache` decoding a `<table-updates2>` into its rows).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ovn_nb_proxy::cache::LspCache;
 use ovn_nb_proxy::policy::{plan_transact, LspState, PolicyConfig, StaticView};
+use ovn_nb_proxy::rewrite::inspect_request;
 use serde_json::{json, Value};
 
 const PORTS: usize = 1000;
@@ -75,5 +81,69 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A `<table-updates2>` with `n` ports as the monitor's initial reply carries them.
+fn initial_text(n: usize) -> String {
+    let rows: serde_json::Map<String, Value> = (0..n)
+        .map(|i| {
+            let row = json!({"initial": {"name": format!("vm{i}.ns1"),
+                "options": ["map", [["requested-chassis", format!("node{}", i % 10)]]],
+                "external_ids": ["map", [["vendor", "kube-ovn"], ["ls", "ovn-default"], ["pod", format!("ns1/vm{i}")]]]}});
+            (uuid(i), row)
+        })
+        .collect();
+    json!({"Logical_Switch_Port": rows}).to_string()
+}
+
+fn monitor(c: &mut Criterion) {
+    let mut group = c.benchmark_group("port_monitor");
+    let initial = initial_text(20_000);
+    group.throughput(Throughput::Elements(20_000));
+    group.bench_function("initial_20000_ports", |b| {
+        b.iter(|| LspCache::new().reset(black_box(&initial)).map(|t| t.len()))
+    });
+    let cache = LspCache::new();
+    cache.reset(&initial).expect("initial");
+    // Applied twice it adds and removes the key: every iteration is a real change.
+    let update = json!({"Logical_Switch_Port": {uuid(MIGRATING): {"modify":
+        {"external_ids": ["map", [["bench", "1"]]]}}}})
+    .to_string();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("update2_one_port_of_20000", |b| {
+        b.iter(|| {
+            let touched = cache.apply(black_box(&update)).expect("update");
+            touched.iter().filter_map(|t| t.after_state()).count()
+        })
+    });
+    group.finish();
+}
+
+fn data_path(c: &mut Criterion) {
+    let view = view();
+    let cfg = PolicyConfig::default();
+    let untagged = uuid(7);
+    let messages = [
+        ("echo", json!({"id": "echo", "method": "echo", "params": []})),
+        (
+            "transact_switch",
+            json!({"id": 3, "method": "transact", "params": ["OVN_Northbound",
+            {"op": "update", "table": "Logical_Switch", "where": [["_uuid", "==", ["uuid", uuid(1)]]],
+             "row": {"external_ids": ["map", [["bench", "1"]]]}}]}),
+        ),
+        (
+            "transact_untagged_port",
+            json!({"id": 4, "method": "transact", "params": ["OVN_Northbound",
+            {"op": "update", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["uuid", untagged]]],
+             "row": {"external_ids": ["map", [["bench", "1"]]]}}]}),
+        ),
+    ];
+    let mut group = c.benchmark_group("inspect_request");
+    group.throughput(Throughput::Elements(1));
+    for (name, msg) in messages {
+        let raw = Bytes::from(msg.to_string());
+        group.bench_function(name, |b| b.iter(|| inspect_request(black_box(&raw), &view, &cfg).is_some()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, monitor, data_path);
 criterion_main!(benches);

@@ -10,7 +10,11 @@
 //! ```sh
 //! cargo bench --bench side_by_side                   # everything, 3 runs each
 //! SBS_RUNS=5 SBS_PORTS=20000 SBS_BIG_MB=0 cargo bench --bench side_by_side
+//! taskset -c 0 cargo bench --bench side_by_side      # all processes on one CPU
 //! ```
+//!
+//! Pinned to one CPU, nobody waits for a sleeping vCPU to wake: what a middle process adds is
+//! then its own work, not the scheduler's.
 //!
 //! `SBS_RUNS` (default 3): interleaved runs per measurement, medians reported.
 //! `SBS_PORTS` (default `20000,100000`): database sizes for the dumps; the other measurements use

@@ -138,6 +138,7 @@ pub fn inspect_request(raw: &Bytes, view: &dyn LspView, cfg: &PolicyConfig) -> O
     }
     let id = env.id_key()?;
     let raw_params = env.params?;
+    // Deeper than serde_json's default limit: no OVSDB op nests so deep, the server refuses it.
     let params: Value = serde_json::from_str(raw_params.get()).ok()?;
     let at = span(raw, raw_params)?;
     let plan = plan_transact(&params, view, cfg);

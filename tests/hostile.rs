@@ -147,9 +147,10 @@ fn a_client_that_never_reads_slows_nobody_else() {
     drop(lazy);
 }
 
-/// The policy reads transactions up to 128 levels deep (serde_json's limit); a deeper one is
-/// forwarded as it came. No OVSDB operation nests that deep (a map value is 4 levels), so the
-/// server refuses such a transaction whole: nothing of it is written, migration tags included.
+/// The policy reads a transaction's params up to 128 levels deep (serde_json's limit); deeper
+/// params are forwarded as they came. No OVSDB operation nests that deep (a map value is 4
+/// levels), so the server refuses such a transaction whole: nothing of it is written, migration
+/// tags included. The id is another matter: any JSON value, read as deep as the server reads.
 #[test]
 fn a_transaction_too_deep_for_the_policy_is_refused_whole_by_the_server() {
     let nb = nb();
@@ -187,14 +188,21 @@ fn a_transaction_too_deep_for_the_policy_is_refused_whole_by_the_server() {
         .expect("vm1 after");
         assert_eq!(after, before, "{case}: nothing of the transaction was written");
     }
+    // The same tags alone, with an id nested 900 levels deep (ids are any JSON value; the server
+    // reads up to 999): rewritten, and the reply has one result per client op.
+    let id = deep(900);
     let mut c = Raw::connect(&p.unix);
-    c.send(format!(r#"{{"method":"transact","params":["OVN_Northbound",{tag}],"id":2}}"#).as_bytes());
-    let reply = c.recv();
-    assert!(reply["error"].is_null(), "the same tags alone are accepted: {reply}");
-    let opts = ovn_nbctl(
-        &nb.server.unix_remote(),
-        &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"],
-    )
-    .expect("requested-chassis");
-    assert_eq!(opts.trim(), "\"hv1,hv2\"", "and rewritten by the proxy");
+    c.send(format!(r#"{{"method":"transact","params":["OVN_Northbound",{tag}],"id":{id}}}"#).as_bytes());
+    let text = String::from_utf8(c.recv_raw().expect("a reply")).expect("UTF-8");
+    // Too deep for serde_json's default limit: read the members after the id (the server writes
+    // `id` first).
+    let at = text.find("\"result\"").unwrap_or_else(|| panic!("no result in {text}"));
+    let reply: serde_json::Value =
+        serde_json::from_str(&format!("{{{}", &text[at..])).expect("the rest is shallow");
+    assert!(reply["error"].is_null(), "the tags alone are accepted: {reply}");
+    assert_eq!(reply["result"].as_array().map(Vec::len), Some(1), "one result for one op: {reply}");
+    let opts = ovn_nbctl(&nb.server.unix_remote(), &["get", "Logical_Switch_Port", "vm1", "options"])
+        .expect("options");
+    assert!(opts.contains(r#"requested-chassis="hv1,hv2""#), "rewritten by the proxy: {opts}");
+    assert!(p.log_text().contains("rewrite"), "in the client's transaction, not by the reconciler");
 }

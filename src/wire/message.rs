@@ -8,6 +8,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::scan::max_depth;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Request,
@@ -63,6 +65,36 @@ impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
     }
 }
 
+/// How deep a message may nest and still be read here: ovsdb-server 3.1 reads a message nested
+/// 1000 levels deep (an `id` 999 levels deep inside the envelope) and closes the connection on
+/// one level more. serde_json stops at 128 unless told.
+pub const MAX_DEPTH: usize = 1000;
+
+/// Stack for reading a value nested up to [`MAX_DEPTH`] levels with serde_json's recursive
+/// parser (reserved, not committed: only the pages touched count).
+const DEEP_STACK: usize = 64 << 20;
+
+fn too_deep_for_serde(e: &serde_json::Error, json: &[u8]) -> bool {
+    e.to_string().starts_with("recursion limit exceeded") && max_depth(json) <= MAX_DEPTH
+}
+
+fn unbounded<'a, T: Deserialize<'a>>(json: &'a [u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Runs `f` on a thread with [`DEEP_STACK`] of stack; `None` if no thread could be had.
+fn on_deep_stack<R: Send>(f: impl FnOnce() -> R + Send) -> Option<R> {
+    std::thread::scope(|s| {
+        let t =
+            std::thread::Builder::new().name("deep-json".into()).stack_size(DEEP_STACK).spawn_scoped(s, f);
+        t.ok()?.join().ok()
+    })
+}
+
 fn is_null(v: Option<&RawValue>) -> bool {
     v.is_none_or(|v| v.get() == "null")
 }
@@ -70,6 +102,7 @@ fn is_null(v: Option<&RawValue>) -> bool {
 impl<'a> Envelope<'a> {
     /// Parses the envelope of one message (leading whitespace allowed).
     pub fn parse(raw: &'a [u8]) -> Result<Self, EnvelopeError> {
+        // Members are captured as raw text without recursion: an `id` of any depth is fine here.
         Ok(serde_json::from_slice(raw)?)
     }
 
@@ -91,11 +124,15 @@ impl<'a> Envelope<'a> {
 
 /// Canonical text of a JSON value (compact, members in their original order).
 pub fn id_key(json: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    if v.is_null() {
-        return None;
+    let key = |v: serde_json::Value| if v.is_null() { None } else { serde_json::to_string(&v).ok() };
+    match serde_json::from_str(json) {
+        Ok(v) => key(v),
+        // A deep id is read, written and dropped on the deep stack.
+        Err(e) if too_deep_for_serde(&e, json.as_bytes()) => {
+            on_deep_stack(|| unbounded(json.as_bytes()).ok().and_then(key)).flatten()
+        }
+        Err(_) => None,
     }
-    serde_json::to_string(&v).ok()
 }
 
 #[cfg(test)]
@@ -136,6 +173,24 @@ mod tests {
         let env =
             Envelope::parse(br#"{"method":"echo","method":"transact","params":[],"id":1}"#).expect("parses");
         assert_eq!(env.method.as_deref(), Some("transact"));
+    }
+
+    #[test]
+    fn ids_nested_as_deep_as_the_server_reads_are_keyed() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let msg =
+            |n: usize| format!(r#"{{"method":"transact","params":["OVN_Northbound"],"id":{}}}"#, nested(n));
+        for n in [127, 128, 500, 999] {
+            let text = msg(n);
+            let env = Envelope::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{n} levels: {e}"));
+            assert_eq!(env.kind(), Kind::Request);
+            assert_eq!(env.id_key(), Some(nested(n)), "{n} levels");
+        }
+        // Far deeper than any server reads: the envelope is read (without recursion), the id
+        // is not keyed, and nothing overflows.
+        let text = msg(200_000);
+        let env = Envelope::parse(text.as_bytes()).expect("the envelope is read");
+        assert_eq!(env.id_key(), None);
     }
 
     #[test]

@@ -15,6 +15,36 @@ pub enum ScanError {
     NotAnObject(u8),
 }
 
+/// The deepest nesting of arrays and objects in a JSON text (0 for a scalar), counted without
+/// recursion. Strings are skipped, brackets inside them do not count.
+pub fn max_depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // Skip to the closing quote, stepping over escaped bytes.
+                i += 1;
+                while i < json.len() {
+                    let Some(off) = memchr2(b'"', b'\\', &json[i..]) else { return max };
+                    i += off;
+                    if json[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    max
+}
+
 /// Scanner state between reads.
 #[derive(Debug, Default, Clone)]
 pub struct Scanner {
@@ -116,6 +146,22 @@ mod tests {
             from = to;
         }
         Ok(out)
+    }
+
+    #[test]
+    fn max_depth_counts_brackets_outside_strings() {
+        for (json, want) in [
+            (&b"1"[..], 0),
+            (b"[]", 1),
+            (br#"{"a":[[1],{"b":[]}]}"#, 4),
+            (br#"["[[[[", "\"[[", {"k": "]]]]"}]"#, 2),
+            (br#"["unterminated \"#, 1),
+            (br#""\"#, 0),
+        ] {
+            assert_eq!(max_depth(json), want, "{}", String::from_utf8_lossy(json));
+        }
+        let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(max_depth(deep.as_bytes()), 5000);
     }
 
     #[test]

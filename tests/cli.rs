@@ -21,6 +21,7 @@ fn bad_remotes_are_refused_with_a_reason() {
         (&["--upstream=bogus:1", "--listen=ptcp:0"], "unknown method"),
         (&["--listen=ptcp:0"], "--upstream is required"),
         (&["--upstream=unix:/x"], "--listen is required"),
+        (&["--upstream=unix:/x", "--listen=ptcp:0", "--threads=0"], "--threads must be at least 1"),
     ];
     for (args, why) in cases {
         let (ok, err) = run_proxy(args);

@@ -612,7 +612,12 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
                 }
                 (None, Some(named), _) => where_uuid(&UuidRef::Named(named.clone())),
                 (None, None, false) => where_uuid(&UuidRef::Uuid(w.cur.uuid.clone())),
-                (None, None, true) if !w.cur.name.is_empty() => json!([["name", "==", w.cur.name]]),
+                // A row inserted without a uuid-name: by its name, if that names it alone. Names
+                // are indexed, so a transaction leaving two ports with one name fails anyway;
+                // a `where` matching several rows would change them all.
+                (None, None, true) if !w.cur.name.is_empty() && names_one_row(&sim, view, &w.cur.name) => {
+                    json!([["name", "==", w.cur.name]])
+                }
                 (None, None, true) => {
                     plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere });
                     continue;
@@ -630,6 +635,16 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
     ops.extend(appended);
     plan.rewritten = Some(Value::Array(ops));
     plan
+}
+
+/// Whether `name` is, after the transaction, the name of exactly one port: one live simulated
+/// row, and no port of the view that the transaction did not touch.
+fn names_one_row(sim: &Sim, view: &dyn LspView, name: &str) -> bool {
+    let live = sim.rows.iter().filter(|r| !r.deleted && r.cur.name == name).count();
+    let untouched = view
+        .by_name(name)
+        .is_some_and(|s| !sim.rows.iter().any(|r| r.pre.as_ref().is_some_and(|p| p.uuid == s.uuid)));
+    live == 1 && !untouched
 }
 
 #[cfg(test)]
@@ -676,6 +691,9 @@ mod tests {
 
     const NOTHING: Want = Want { appended: 0, changes: &[], skips: &[], unhandled: false };
     const UNHANDLED: Want = Want { appended: 0, changes: &[], skips: &[], unhandled: true };
+    /// The tagged port `p1` a transaction inserted cannot be addressed after it: left alone.
+    const SKIP_NEW_P1: Want =
+        Want { appended: 0, changes: &[], skips: &[("p1", SkipReason::UnresolvedWhere)], unhandled: false };
 
     #[test]
     fn shapes() {
@@ -785,6 +803,39 @@ mod tests {
                     {"op": "insert", "table": "Logical_Switch_Port", "row": {"name": "p9", "options": ["map", [["requested-chassis", "hv1"]]]}},
                     tag(json!([["name", "==", "p9"]]))]),
                 Want { appended: 1, changes: &[("p9", Cause::Started)], ..NOTHING },
+            ),
+            (
+                "insert without uuid-name whose name ends up on every port: not addressed by name",
+                json!(["OVN_Northbound",
+                    {"op": "insert", "table": "Logical_Switch_Port",
+                     "row": {"external_ids": ["map", [["migration-destination", "hv2"]]], "options": ["map", [["requested-chassis", "hv1"]]]}},
+                    {"op": "update", "table": "Logical_Switch_Port", "where": [],
+                     "row": {"name": "p9", "options": ["map", [["requested-chassis", "hv1"]]]}}]),
+                // p2 (renamed p9 too) gets its options back by uuid; the new row is left alone.
+                Want {
+                    appended: 1,
+                    changes: &[("p9", Cause::Reasserted)],
+                    skips: &[("p9", SkipReason::UnresolvedWhere)],
+                    ..NOTHING
+                },
+            ),
+            (
+                "insert without uuid-name under a name a touched port has: not addressed by name",
+                json!(["OVN_Northbound",
+                    {"op": "insert", "table": "Logical_Switch_Port",
+                     "row": {"name": "p1", "external_ids": ["map", [["migration-destination", "hv2"]]], "options": ["map", [["requested-chassis", "hv1"]]]}},
+                    {"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "p1"]],
+                     "mutations": [["external_ids", "insert", ["map", [["x", "y"]]]]]}]),
+                SKIP_NEW_P1,
+            ),
+            (
+                "insert without uuid-name under a name an untouched port has: not addressed by name",
+                json!(["OVN_Northbound",
+                    {"op": "insert", "table": "Logical_Switch_Port",
+                     "row": {"name": "p1", "external_ids": ["map", [["migration-destination", "hv2"]]], "options": ["map", [["requested-chassis", "hv1"]]]}},
+                    {"op": "mutate", "table": "Logical_Switch_Port", "where": [["_uuid", "!=", ["uuid", U1]]],
+                     "mutations": [["external_ids", "insert", ["map", [["x", "y"]]]]]}]),
+                SKIP_NEW_P1,
             ),
             (
                 "unresolved write of another column is ignored",

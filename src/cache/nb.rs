@@ -10,6 +10,7 @@
 //! intermediate JSON tree: at 100 000 ports a `serde_json::Value` of the initial monitor reply
 //! alone is ~18 times the size of its text. Readers get owned `LspState`s, built on demand.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::policy::value::StrMap;
-use crate::policy::{LspState, LspView, LSP_TABLE};
+use crate::policy::{LspState, LspView};
 
 /// The columns the monitor asks for.
 pub const COLUMNS: [&str; 3] = ["name", "options", "external_ids"];
@@ -92,17 +93,13 @@ impl Row {
     }
 }
 
-fn sorted(mut pairs: Vec<(Box<str>, Box<str>)>) -> Pairs {
-    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    // The server sends no duplicate key; should one come, the last wins, as in a map.
-    pairs.reverse();
-    pairs.dedup_by(|a, b| a.0 == b.0);
-    pairs.reverse();
-    pairs.into_boxed_slice()
+/// The server sends no duplicate key; should one come, the last wins, as in a map.
+fn sorted(pairs: Vec<(Box<str>, Box<str>)>) -> Pairs {
+    pairs.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect()
 }
 
 fn apply_diff(old: &Pairs, diff: Vec<(Box<str>, Box<str>)>) -> Pairs {
-    let mut map: std::collections::BTreeMap<Box<str>, Box<str>> = old.iter().cloned().collect();
+    let mut map: BTreeMap<Box<str>, Box<str>> = old.iter().cloned().collect();
     for (k, v) in diff {
         if map.get(&k) == Some(&v) {
             map.remove(&k);
@@ -184,8 +181,8 @@ impl LspCache {
     }
 
     fn apply_parsed(&self, updates: TableUpdates) -> Vec<Touched> {
-        let mut touched = Vec::with_capacity(updates.0.len());
-        for (uuid, change) in updates.0 {
+        let mut touched = Vec::with_capacity(updates.lsp.0.len());
+        for (uuid, change) in updates.lsp.0 {
             let before = self.rows.get(&uuid).map(|r| Arc::clone(&r));
             let after = if let Some(cols) = change.initial.or(change.insert) {
                 let mut row = Row::default();
@@ -249,9 +246,13 @@ impl LspView for LspCache {
 // ---------------------------------------------------------------------------------------------
 // `<table-updates2>` for the one table, decoded straight into rows.
 
-/// The `Logical_Switch_Port` member of a `<table-updates2>` object, in order; other tables
-/// are skipped.
-struct TableUpdates(Vec<(Uuid, RowUpdate)>);
+/// A `<table-updates2>` object: the `Logical_Switch_Port` member (the only table the monitor
+/// asks for); other members are skipped.
+#[derive(Deserialize)]
+struct TableUpdates {
+    #[serde(rename = "Logical_Switch_Port", default)]
+    lsp: LspRows,
+}
 
 #[derive(Deserialize)]
 struct RowUpdate {
@@ -303,31 +304,8 @@ impl<'de> Deserialize<'de> for StrPairs {
     }
 }
 
-impl<'de> Deserialize<'de> for TableUpdates {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Tables;
-        impl<'de> Visitor<'de> for Tables {
-            type Value = TableUpdates;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a <table-updates2> object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<TableUpdates, M::Error> {
-                let mut out = TableUpdates(Vec::new());
-                while let Some(table) = m.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if table == LSP_TABLE {
-                        out = TableUpdates(m.next_value::<LspRows>()?.0);
-                    } else {
-                        m.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(Tables)
-    }
-}
-
 /// `{"<uuid>": <row-update2>, ...}`, in order.
+#[derive(Default)]
 struct LspRows(Vec<(Uuid, RowUpdate)>);
 
 impl<'de> Deserialize<'de> for LspRows {

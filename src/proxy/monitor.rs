@@ -175,9 +175,9 @@ async fn session<H: Handler>(
                     let id = msg.id.filter(|id| id.get() != "null");
                     match msg.method.as_deref() {
                         // The server's inactivity probe: answer it, or it drops us.
-                        Some("echo") if id.is_some() => {
-                            let (id, params) = (id.map_or("null", |r| r.get()), msg.params.map_or("[]", |r| r.get()));
-                            let reply = format!(r#"{{"id":{id},"result":{params},"error":null}}"#);
+                        Some("echo") if let Some(id) = id => {
+                            let params = msg.params.map_or("[]", |r| r.get());
+                            let reply = format!(r#"{{"id":{},"result":{params},"error":null}}"#, id.get());
                             w.write_all(reply.as_bytes()).await?;
                         }
                         Some("update2") => {

@@ -9,5 +9,5 @@ mod message;
 mod scan;
 
 pub use codec::{Chunk, FrameCodec, FrameError, DEFAULT_MAX_FRAME};
-pub use message::{id_key, Envelope, EnvelopeError, Kind, MAX_DEPTH};
-pub use scan::{max_depth, ScanError, Scanner};
+pub use message::{id_key, Envelope, EnvelopeError, Kind};
+pub use scan::{ScanError, Scanner};

@@ -48,7 +48,6 @@ pub struct ProxyInfo {
     pub upstreams: Vec<String>,
     pub sb: Vec<String>,
     pub dry_run: bool,
-    pub finalize: bool,
     pub log: Option<Arc<dyn LogControl>>,
     /// The upstreams, for the cluster leader in `proxy/show`.
     pub upstream_state: Option<Arc<crate::proxy::Upstreams>>,
@@ -127,10 +126,23 @@ pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken
         let synced = if s.cache.is_synced() { "synchronised" } else { "not synchronised" };
         out.push_str(&format!("port cache: {} ports, {synced}\n", s.cache.len()));
         out.push_str(&format!("migrations in progress: {}\n", s.timelines.in_progress()));
-        out.push_str(&format!("dry run: {}, finalize on activation: {}\n", info.dry_run, info.finalize));
-        let active =
-            if m.reconciler_lock_held.get() == 1 { "yes" } else { "no (another proxy holds the lock)" };
+        let unknown = s.timelines.unknown_source();
+        if unknown > 0 {
+            out.push_str(&format!("migrations whose source is unknown (left alone): {unknown}\n"));
+        }
+        out.push_str(&format!("dry run: {}, finalize on activation: {}\n", info.dry_run, s.finalize()));
+        let active = if info.dry_run {
+            "no (dry run)"
+        } else if m.reconciler_lock_held.get() == 1 {
+            "yes"
+        } else {
+            "no (another proxy holds the lock, or the database is not reached)"
+        };
         out.push_str(&format!("active reconciler: {active}\n"));
+        let queued = m.reconcile_queue.get();
+        if queued > 0 {
+            out.push_str(&format!("reconciler: {queued} fixes queued\n"));
+        }
         text(out)
     });
     let s = shared.clone();
@@ -188,7 +200,7 @@ mod tests {
     use crate::policy::PolicyConfig;
 
     fn io() -> (IoHandler, CancellationToken) {
-        let shared = Arc::new(Shared::new(PolicyConfig::default(), false, false));
+        let shared = Arc::new(Shared::new(PolicyConfig::default(), false, false, false));
         let stop = CancellationToken::new();
         (handler(shared, ProxyInfo::default(), stop.clone()), stop)
     }

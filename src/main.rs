@@ -101,6 +101,15 @@ struct RunArgs {
     /// Prometheus metrics and health endpoint: ADDR:PORT (/metrics, /healthz, /readyz).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// The proxy's own connections to the database send an echo after this many milliseconds
+    /// without hearing from it, and give up (marking the port cache not synchronised) after
+    /// twice as long.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    inactivity_probe: u64,
+    /// Seconds a client transaction on ports may be held while the port cache is not
+    /// synchronised (at start, after a database restart); past it the client's session is closed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    sync_timeout: u64,
     /// Seconds open sessions may run on after SIGTERM before they are closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     drain_grace: u64,
@@ -207,12 +216,17 @@ fn config(args: RunArgs) -> Result<Config> {
     cfg.reconciler_lock = args.reconciler_lock.clone();
 
     cfg.drain_grace = Duration::from_secs(args.drain_grace);
+    if args.inactivity_probe < 100 {
+        bail!("--inactivity-probe must be at least 100 ms");
+    }
+    cfg.inactivity_probe = Duration::from_millis(args.inactivity_probe);
+    cfg.sync_timeout = Duration::from_secs(args.sync_timeout.max(1));
     cfg.dry_run = args.dry_run;
     if let Some(sb) = &args.sb_db {
         cfg.sb = parse_upstreams(sb).context("--sb-db")?;
     }
-    cfg.finalize_on_activation = args.finalize_on_activation || cfg.policy.finalize_on_activation;
-    if cfg.finalize_on_activation && cfg.sb.is_empty() {
+    cfg.finalize_on_activation = args.finalize_on_activation;
+    if (cfg.finalize_on_activation || cfg.policy.finalize_on_activation) && cfg.sb.is_empty() {
         bail!("finalize on activation needs --sb-db: the proxy learns of the activation from the Southbound");
     }
     cfg.unixctl = args.unixctl;
@@ -270,11 +284,10 @@ fn reload_on_sighup(path: std::path::PathBuf, shared: Arc<ovn_nb_proxy::proxy::S
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match load_policy(&path) {
-                Ok(file) => {
-                    shared.set_policy(file.migration);
-                    tracing::info!(config = %path.display(), "config reloaded");
-                }
+            match load_policy(&path)
+                .and_then(|file| shared.set_policy(file.migration).map_err(anyhow::Error::msg))
+            {
+                Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
                 Err(e) => {
                     tracing::error!(config = %path.display(), error = %format!("{e:#}"), "config reload failed; keeping the running config")
                 }

@@ -21,14 +21,22 @@ pub struct Metrics {
     pub bytes_c2s: Counter,
     pub bytes_s2c: Counter,
     pub rewrites: Family<Label, Counter>,
+    pub rewrites_refused: Counter,
+    pub rewrites_stale: Counter,
+    pub rewrites_unconfirmed: Counter,
+    pub sync_waits: Family<Label, Counter>,
     pub skips: Family<Label, Counter>,
     pub reconciles: Family<Label, Counter>,
     pub monitor_resyncs: Counter,
+    pub monitor_stalls: Counter,
+    pub reconcile_queue: Gauge,
     pub upstream_reconnects: Counter,
     pub leader_changes: Counter,
     pub reconciler_lock_held: Gauge,
     pub tls_handshake_failures: Counter,
     pub migrations_in_progress: Gauge,
+    pub migrations_source_unknown: Gauge,
+    pub record_lines_dropped: Counter,
     /// Tagged → single chassis again, from the SB timeline (only with `--sb-db`).
     pub migration_seconds: Histogram,
     registry: Registry,
@@ -46,14 +54,22 @@ impl Default for Metrics {
             bytes_c2s: Counter::default(),
             bytes_s2c: Counter::default(),
             rewrites: Family::default(),
+            rewrites_refused: Counter::default(),
+            rewrites_stale: Counter::default(),
+            rewrites_unconfirmed: Counter::default(),
+            sync_waits: Family::default(),
             skips: Family::default(),
             reconciles: Family::default(),
             monitor_resyncs: Counter::default(),
+            monitor_stalls: Counter::default(),
+            reconcile_queue: Gauge::default(),
             upstream_reconnects: Counter::default(),
             leader_changes: Counter::default(),
             reconciler_lock_held: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             migrations_in_progress: Gauge::default(),
+            migrations_source_unknown: Gauge::default(),
+            record_lines_dropped: Counter::default(),
             migration_seconds: Histogram::new(
                 [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0].into_iter(),
             ),
@@ -83,12 +99,42 @@ impl Metrics {
         r.register("bytes", "Bytes relayed, by direction", bytes);
         r.register("transactions", "transact requests seen on Logical_Switch_Port", m.transactions.clone());
         r.register("rewrites", "Port rewrites made in client transactions, by cause", m.rewrites.clone());
+        r.register(
+            "rewrites_refused",
+            "Rewritten client transactions the server refused (the changes were not made)",
+            m.rewrites_refused.clone(),
+        );
+        r.register(
+            "rewrites_stale",
+            "Changes the proxy appended that matched no row (its cache was behind): not made, left to the reconciler",
+            m.rewrites_stale.clone(),
+        );
+        r.register(
+            "rewrites_unconfirmed",
+            "Rewritten client transactions whose reply the proxy never saw (client closed or cancelled)",
+            m.rewrites_unconfirmed.clone(),
+        );
+        r.register(
+            "sync_waits",
+            "Client transactions on ports held until the port cache was synchronised, by outcome",
+            m.sync_waits.clone(),
+        );
         r.register("skips", "Tagged ports left alone, by reason", m.skips.clone());
         r.register("reconciles", "Reconciler transactions, by outcome", m.reconciles.clone());
         r.register(
             "monitor_resyncs",
             "Initial monitor replies loaded into the port cache",
             m.monitor_resyncs.clone(),
+        );
+        r.register(
+            "monitor_stalls",
+            "Monitor connections given up because the database stopped answering the proxy's probe",
+            m.monitor_stalls.clone(),
+        );
+        r.register(
+            "reconcile_queue",
+            "Reconciler fixes planned and not yet sent (the burst being paced)",
+            m.reconcile_queue.clone(),
         );
         r.register(
             "upstream_reconnects",
@@ -114,6 +160,16 @@ impl Metrics {
             "migrations_in_progress",
             "Ports whose tags say a migration is in progress",
             m.migrations_in_progress.clone(),
+        );
+        r.register(
+            "migrations_source_unknown",
+            "Migrations in progress whose source chassis the proxy cannot know (left alone)",
+            m.migrations_source_unknown.clone(),
+        );
+        r.register(
+            "record_lines_dropped",
+            "Transcript lines dropped because the writer thread fell behind (--record)",
+            m.record_lines_dropped.clone(),
         );
         r.register(
             "migration_duration_seconds",

@@ -7,12 +7,22 @@
 //! `{"t":…,"dir":"c2s","raw":"<sent>","original":"<as the client wrote it>","rewrite":[<Change>…]}`
 //! `{"t":…,"dir":"s2c","raw":"<message as sent to the client>"}`
 //! `{"t":…,"event":"truncated"}` when the size cap is reached (nothing is recorded after it),
+//! `{"t":…,"event":"lost","lines":N}` where N lines were dropped because the writer fell behind,
 //! and a first line `{"t":…,"event":"open","session":N,"peer":"…"}`.
 //! Messages that are not valid UTF-8 are stored as `"raw_b64"` instead of `"raw"`.
+//!
+//! **Boundary**: sessions never touch a file. Each session's [`Recorder`] formats its lines and
+//! hands them to the one writer thread of a [`RecordSink`], which writes and flushes them as they
+//! come (a line is on disk within a scheduling delay of being relayed, so an open session's
+//! transcript can be read, and a SIGKILL loses at most the lines in flight). What is queued is
+//! bounded in bytes; past the bound, lines are dropped and counted, never waited for.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -27,11 +37,134 @@ pub struct RecordConfig {
     pub max_bytes: u64,
 }
 
+/// Bytes of transcript lines queued for the writer thread, at most.
+const MAX_QUEUED: usize = 64 << 20;
+
+enum Msg {
+    Open(u64, PathBuf),
+    Line(u64, String),
+    Close(u64),
+    Stop,
+}
+
+/// The writer thread of every transcript, and the queue to it.
+pub struct RecordSink {
+    cfg: RecordConfig,
+    tx: mpsc::Sender<Msg>,
+    queued: Arc<AtomicUsize>,
+    /// Lines dropped because the queue was full.
+    dropped: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl RecordSink {
+    /// Creates the directory and starts the writer thread.
+    pub fn start(cfg: RecordConfig) -> std::io::Result<Arc<RecordSink>> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = queued.clone();
+        let thread = std::thread::Builder::new()
+            .name("ovn-nb-proxy-record".into())
+            .spawn(move || write_loop(rx, q))?;
+        Ok(Arc::new(RecordSink {
+            cfg,
+            tx,
+            queued,
+            dropped: AtomicU64::new(0),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Lines dropped so far because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes what is queued, closes every file and stops the thread (at the end of `serve`).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    fn queue_line(&self, id: u64, text: String) -> bool {
+        let len = text.len();
+        if self.queued.fetch_add(len, Ordering::AcqRel) + len > MAX_QUEUED {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.send(Msg::Line(id, text)).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+/// The writer thread: writes lines in the order they come, flushes every file it wrote to
+/// whenever the queue is momentarily empty.
+fn write_loop(rx: mpsc::Receiver<Msg>, queued: Arc<AtomicUsize>) {
+    let mut files: HashMap<u64, Option<BufWriter<File>>> = HashMap::new();
+    let mut dirty: Vec<u64> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Open(id, path) => {
+                    let file = match File::create(&path) {
+                        Ok(f) => Some(BufWriter::new(f)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, path = %path.display(), "cannot record this session");
+                            None
+                        }
+                    };
+                    files.insert(id, file);
+                }
+                Msg::Line(id, text) => {
+                    queued.fetch_sub(text.len(), Ordering::AcqRel);
+                    if let Some(Some(f)) = files.get_mut(&id) {
+                        // A transcript that cannot be written is given up, never the session.
+                        if f.write_all(text.as_bytes()).is_err() {
+                            files.insert(id, None);
+                        } else {
+                            dirty.push(id);
+                        }
+                    }
+                }
+                Msg::Close(id) => {
+                    if let Some(Some(mut f)) = files.remove(&id) {
+                        let _ = f.flush();
+                    }
+                }
+                Msg::Stop => {
+                    for f in files.values_mut().flatten() {
+                        let _ = f.flush();
+                    }
+                    return;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        for id in dirty.drain(..) {
+            if let Some(Some(f)) = files.get_mut(&id) {
+                let _ = f.flush();
+            }
+        }
+    }
+}
+
+/// One session's transcript: formats lines and queues them for the writer thread.
 pub struct Recorder {
-    out: BufWriter<File>,
+    sink: Arc<RecordSink>,
+    id: u64,
     written: u64,
     max: u64,
     truncated: bool,
+    /// Lines dropped since the last one queued.
+    lost: u64,
     /// A streamed server message being assembled (bounded by the cap).
     partial: Vec<u8>,
 }
@@ -65,38 +198,47 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 impl Recorder {
-    /// Creates `DIR/session-<unix ms>-<id>.jsonl`.
-    pub fn create(cfg: &RecordConfig, session: u64, peer: &str) -> std::io::Result<Recorder> {
-        std::fs::create_dir_all(&cfg.dir)?;
+    /// Starts `DIR/session-<unix ms>-<id>.jsonl` for session `session`.
+    pub fn create(sink: &Arc<RecordSink>, session: u64, peer: &str) -> Recorder {
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
-        let path = cfg.dir.join(format!("session-{ms}-{session}.jsonl"));
+        let path = sink.cfg.dir.join(format!("session-{ms}-{session}.jsonl"));
+        let _ = sink.tx.send(Msg::Open(session, path));
         let mut r = Recorder {
-            out: BufWriter::new(File::create(path)?),
+            sink: sink.clone(),
+            id: session,
             written: 0,
-            max: cfg.max_bytes,
+            max: sink.cfg.max_bytes,
             truncated: false,
+            lost: 0,
             partial: Vec::new(),
         };
         r.line(json!({"t": now(), "event": "open", "session": session, "peer": peer}));
-        Ok(r)
+        r
     }
 
     fn line(&mut self, v: Value) {
         if self.truncated {
             return;
         }
+        if self.lost > 0 {
+            let lost = json!({"t": now(), "event": "lost", "lines": self.lost});
+            if self.sink.queue_line(self.id, format!("{lost}\n")) {
+                self.lost = 0;
+            } else {
+                self.lost += 1;
+                return;
+            }
+        }
         let mut text = v.to_string();
         text.push('\n');
         if self.written + text.len() as u64 > self.max {
             self.truncated = true;
-            let _ = writeln!(self.out, "{}", json!({"t": now(), "event": "truncated"}));
-            let _ = self.out.flush();
+            self.sink.queue_line(self.id, format!("{}\n", json!({"t": now(), "event": "truncated"})));
             return;
         }
         self.written += text.len() as u64;
-        // A transcript that cannot be written is given up, never the session.
-        if self.out.write_all(text.as_bytes()).is_err() {
-            self.truncated = true;
+        if !self.sink.queue_line(self.id, text) {
+            self.lost += 1;
         }
     }
 
@@ -143,15 +285,11 @@ impl Recorder {
             }
         }
     }
-
-    pub fn flush(&mut self) {
-        let _ = self.out.flush();
-    }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.flush();
+        let _ = self.sink.tx.send(Msg::Close(self.id));
     }
 }
 
@@ -172,15 +310,17 @@ mod tests {
     #[test]
     fn records_messages_rewrites_and_streamed_pieces() {
         let dir = tempfile::tempdir().expect("tmp");
-        let cfg = RecordConfig { dir: dir.path().to_path_buf(), max_bytes: 1 << 20 };
+        let sink = RecordSink::start(RecordConfig { dir: dir.path().to_path_buf(), max_bytes: 1 << 20 })
+            .expect("sink");
         {
-            let mut r = Recorder::create(&cfg, 7, "unix:/p.sock").expect("create");
+            let mut r = Recorder::create(&sink, 7, "unix:/p.sock");
             r.client(b"{\"id\":1}", None, &[]);
             r.client(b"{\"id\":2,\"x\":1}", Some(b"{\"id\":2}"), &[]);
             r.server(&Chunk::Partial(Bytes::from_static(b"{\"id\":")), b"{\"id\":");
             r.server(&Chunk::End(Bytes::from_static(b"1}")), b"1}");
             r.client(b"{\"a\":\"\xff\"}", None, &[]);
         }
+        sink.stop();
         let l = lines(dir.path());
         assert_eq!(l[0]["event"], "open");
         assert_eq!(l[0]["session"], 7);
@@ -192,15 +332,37 @@ mod tests {
     }
 
     #[test]
+    fn lines_reach_the_file_while_the_session_is_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sink = RecordSink::start(RecordConfig { dir: dir.path().to_path_buf(), max_bytes: 1 << 20 })
+            .expect("sink");
+        let mut r = Recorder::create(&sink, 1, "p");
+        r.client(b"{\"id\":1}", None, &[]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let on_disk = || {
+            let Some(Ok(entry)) = std::fs::read_dir(dir.path()).expect("dir").next() else { return 0 };
+            std::fs::read_to_string(entry.path()).map(|t| t.lines().count()).unwrap_or(0)
+        };
+        while on_disk() < 2 {
+            assert!(std::time::Instant::now() < deadline, "not on disk while open");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(r);
+        sink.stop();
+    }
+
+    #[test]
     fn the_size_cap_ends_the_transcript() {
         let dir = tempfile::tempdir().expect("tmp");
-        let cfg = RecordConfig { dir: dir.path().to_path_buf(), max_bytes: 200 };
+        let sink =
+            RecordSink::start(RecordConfig { dir: dir.path().to_path_buf(), max_bytes: 200 }).expect("sink");
         {
-            let mut r = Recorder::create(&cfg, 1, "p").expect("create");
+            let mut r = Recorder::create(&sink, 1, "p");
             for _ in 0..10 {
                 r.client(b"{\"method\":\"echo\",\"params\":[],\"id\":\"echo\"}", None, &[]);
             }
         }
+        sink.stop();
         let l = lines(dir.path());
         assert_eq!(l.last().expect("last")["event"], "truncated");
         assert!(l.len() < 10);

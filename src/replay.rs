@@ -123,7 +123,10 @@ pub struct Step {
 #[derive(Debug)]
 pub enum StepKind {
     /// A client request or notification, sent as it went upstream (with uuids mapped).
-    Send { raw: String, msg: Value },
+    /// `trim`: `(client_ops, upstream_ops)` when the proxy had appended ops to it, so the reply
+    /// the client got (the recorded one) was trimmed; the live reply is trimmed the same way
+    /// before the two are compared.
+    Send { raw: String, msg: Value, trim: Option<(usize, usize)> },
     /// The server's reply to the client's request with this id (canonical text).
     Reply { id: String, msg: Value },
     /// A notification from the server (`update`, `update2`, `update3`, `locked`, …).
@@ -184,7 +187,20 @@ pub fn parse_transcript(text: &str) -> Result<Transcript, ReplayError> {
             serde_json::from_str(raw).map_err(|e| bad(format!("recorded message is not JSON: {e}")))?;
         let has_method = msg.get("method").is_some();
         let kind = match (dir, has_method, nonnull_id(&msg)) {
-            ("c2s", true, _) => Some(StepKind::Send { raw: raw.to_string(), msg }),
+            ("c2s", true, _) => {
+                let ops = |m: &Value| {
+                    m.get("params").and_then(Value::as_array).map_or(0, |p| p.len().saturating_sub(1))
+                };
+                let original = v
+                    .get("original")
+                    .and_then(Value::as_str)
+                    .and_then(|o| serde_json::from_str::<Value>(o).ok());
+                let trim = original
+                    .filter(|o| o.get("method").and_then(Value::as_str) == Some("transact"))
+                    .map(|o| (ops(&o), ops(&msg)))
+                    .filter(|(client, upstream)| upstream > client);
+                Some(StepKind::Send { raw: raw.to_string(), msg, trim })
+            }
             // The client's reply to a server echo probe: the live server gets its own answers.
             ("c2s", false, _) => None,
             ("s2c", true, None) => Some(StepKind::Notification { msg }),
@@ -1024,6 +1040,9 @@ fn describe(msg: &Value) -> String {
     }
 }
 
+/// `(client_ops, upstream_ops)` of a request the proxy had appended ops to.
+type Trim = Option<(usize, usize)>;
+
 fn replay_session(
     number: usize,
     s: &Session,
@@ -1033,7 +1052,7 @@ fn replay_session(
 ) -> Result<(), ReplayError> {
     let mut live = Live::connect(upstreams)?;
     // Requests as sent, by id, awaiting comparison of their replies.
-    let mut sent: HashMap<String, VecDeque<Value>> = HashMap::new();
+    let mut sent: HashMap<String, VecDeque<(Value, Trim)>> = HashMap::new();
     let mismatch = |line: usize, what: String, request: Option<&Value>, diffs: Vec<Diff>| Mismatch {
         session: number,
         line,
@@ -1043,7 +1062,7 @@ fn replay_session(
     };
     for step in &s.steps {
         let outcome = match &step.kind {
-            StepKind::Send { raw, msg } => {
+            StepKind::Send { raw, msg, trim } => {
                 let mapped = map.substitute(msg);
                 match &mapped {
                     Some(m) => live.send(m.to_string().as_bytes()),
@@ -1053,16 +1072,22 @@ fn replay_session(
                     if let Some(id) = nonnull_id(msg) {
                         report.requests += 1;
                         let msg = mapped.unwrap_or_else(|| msg.clone());
-                        sent.entry(id_text(id)).or_default().push_back(msg);
+                        sent.entry(id_text(id)).or_default().push_back((msg, *trim));
                     }
                 })
             }
             StepKind::Reply { id, msg } => {
-                let Some(request) = sent.get_mut(id).and_then(VecDeque::pop_front) else {
+                let Some((request, trim)) = sent.get_mut(id).and_then(VecDeque::pop_front) else {
                     continue; // a reply to nothing this replay sent
                 };
                 match live.reply(id) {
-                    Ok(Some(got)) => {
+                    Ok(Some(mut got)) => {
+                        // Like with like: the client got the reply trimmed to its own ops.
+                        if let (Some((client_ops, upstream_ops)), Some(result)) =
+                            (trim, got.get_mut("result"))
+                        {
+                            *result = crate::policy::map_result(result, client_ops, upstream_ops);
+                        }
                         report.replies += 1;
                         let diffs = compare_reply(&request, msg, &got, map);
                         if !diffs.is_empty() {

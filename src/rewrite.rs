@@ -13,25 +13,63 @@ use memchr::memmem;
 use serde_json::Value;
 
 use crate::cache::LspCache;
-use crate::policy::{map_result, plan_transact, LspState, LspView, Opts, Plan, PolicyConfig};
+use crate::policy::{
+    map_result, plan_transact, Change, LspState, LspView, Memory, Opts, Plan, PolicyConfig, SkipReason,
+};
 use crate::timeline::Timelines;
 use crate::wire::{id_key, Envelope, Kind};
 
-/// What the session remembers about a request whose reply must be trimmed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the session remembers about a rewritten request until its reply comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    pub client_ops: usize,
-    pub upstream_ops: usize,
+    /// `(client_ops, upstream_ops)` when the proxy appended ops: the reply is trimmed back.
+    pub trim: Option<(usize, usize)>,
+    /// The changes the rewrite made: reported (audit line, counter) once the server committed
+    /// them, or said to be refused.
+    pub changes: Vec<Change>,
+    /// Per appended op, the index in `changes` of the change it makes.
+    pub appended: Vec<usize>,
 }
 
 /// Replies awaited, by canonical id.
 pub type PendingMap = HashMap<String, Pending>;
 
-/// The policy's view of the ports: the cache, and (with finalize on activation) the timelines
-/// that say which migrations the proxy has finished itself.
+/// What the server made of a rewritten transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed; `void` lists the changes (indices in `Pending::changes`) whose appended op
+    /// matched no row: the row was not as the proxy's cache said, so that change was not made
+    /// (the reconciler decides from the row's real state).
+    Committed { void: Vec<usize> },
+    /// The error the server gave (an op's, the commit's, or the JSON-RPC one).
+    Refused(String),
+}
+
+/// The reply to a rewritten request: the bytes to send instead (when trimmed), what was
+/// pending, and the outcome.
+#[derive(Debug)]
+pub struct Answered {
+    pub bytes: Option<Bytes>,
+    pub pending: Pending,
+    pub outcome: Outcome,
+}
+
+/// The policy's view of the ports: the cache, and the timelines that remember each
+/// migration's source and which migrations the proxy has finished itself (with finalize on
+/// activation).
 pub struct PortsView<'a> {
     pub cache: &'a LspCache,
-    pub timelines: Option<&'a Timelines>,
+    pub timelines: &'a Timelines,
+    pub finalize: bool,
+}
+
+impl Memory for PortsView<'_> {
+    fn finalized(&self, port: &str, destination: &str) -> bool {
+        self.finalize && self.timelines.is_finalized(port, destination)
+    }
+    fn source(&self, port: &str, destination: &str, finished: bool) -> Option<String> {
+        self.timelines.source_of(port, destination, finished)
+    }
 }
 
 impl LspView for PortsView<'_> {
@@ -43,9 +81,6 @@ impl LspView for PortsView<'_> {
     }
     fn all(&self) -> Vec<LspState> {
         self.cache.all()
-    }
-    fn finalized(&self, port: &str, destination: &str) -> bool {
-        self.timelines.is_some_and(|t| t.is_finalized(port, destination))
     }
 }
 
@@ -62,21 +97,69 @@ pub fn show_opts(o: &Opts) -> String {
 /// Which kind of change an audit line reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audit {
-    /// In a client's transaction.
+    /// In a client's transaction, committed by the server.
     Rewrite,
-    /// The proxy's own conditional transaction.
+    /// The proxy's own conditional transaction, committed.
     Reconcile,
 }
 
-/// One structured log line per port the proxy changes (target `ovn_nb_proxy::audit`): port,
-/// the two keys before and after, cause, client, dry run.
-pub fn audit(kind: Audit, c: &crate::policy::Change, client: &str, dry_run: bool) {
+/// One structured log line per port the proxy changed (target `ovn_nb_proxy::audit`): port,
+/// the two keys before and after, cause, client, dry run. Written once the server committed
+/// the change (or, in a dry run, when it would have been sent).
+pub fn audit(kind: Audit, c: &Change, client: &str, dry_run: bool) {
     let (before, after, cause) = (show_opts(&c.before), show_opts(&c.after), c.cause.as_str());
     match kind {
         Audit::Rewrite => tracing::info!(target: "ovn_nb_proxy::audit", port = %c.port, ?before, ?after,
             cause = %cause, client = %client, dry_run, "rewrite"),
         Audit::Reconcile => tracing::info!(target: "ovn_nb_proxy::audit", port = %c.port, ?before, ?after,
             cause = %cause, client = %client, dry_run, "reconcile"),
+    }
+}
+
+/// A rewrite the server did not commit: the client's transaction failed (the change with it).
+pub fn audit_refused(c: &Change, client: &str, error: &str) {
+    let (before, after, cause) = (show_opts(&c.before), show_opts(&c.after), c.cause.as_str());
+    tracing::info!(target: "ovn_nb_proxy::audit", port = %c.port, ?before, ?after, cause = %cause,
+        client = %client, %error, "refused");
+}
+
+/// A change the proxy appended to a committed transaction that matched no row: the row was not
+/// as the proxy's cache said (a write it had not seen yet), so the change was not made; the
+/// reconciler decides from the row's real state.
+pub fn audit_stale(c: &Change, client: &str) {
+    let (before, after, cause) = (show_opts(&c.before), show_opts(&c.after), c.cause.as_str());
+    tracing::info!(target: "ovn_nb_proxy::audit", port = %c.port, ?before, ?after, cause = %cause,
+        client = %client, "stale");
+}
+
+/// A rewrite whose outcome the proxy never saw (the client closed, or cancelled, before the
+/// reply): it may or may not have been committed; the reconciler looks at the port anyway.
+pub fn audit_unconfirmed(c: &Change, client: &str) {
+    let (before, after, cause) = (show_opts(&c.before), show_opts(&c.after), c.cause.as_str());
+    tracing::info!(target: "ovn_nb_proxy::audit", port = %c.port, ?before, ?after, cause = %cause,
+        client = %client, "unconfirmed");
+}
+
+/// A finished migration whose `requested-chassis` a writer set to a chassis of its own: the
+/// proxy leaves it (the operator's choice stands).
+pub fn audit_yield(port: &str, chosen: Option<&str>, client: &str) {
+    let chosen = chosen.unwrap_or("-");
+    tracing::info!(target: "ovn_nb_proxy::audit", port = %port, requested_chassis = %chosen,
+        client = %client, "yield");
+}
+
+/// The log line for a tagged port the policy leaves alone, by reason.
+pub fn skip_message(reason: SkipReason) -> &'static str {
+    match reason {
+        SkipReason::NoSource => {
+            "the source of the migration is unknown (no source tag, no requested-chassis, and --sb-db shows none): port left alone"
+        }
+        SkipReason::CommaInName => "a chassis name contains a comma: port left alone",
+        SkipReason::SameChassis => "source and destination are the same chassis: port left alone",
+        SkipReason::UnresolvedWhere => {
+            "an op whose where the policy cannot evaluate may write this port: left to the reconciler"
+        }
+        SkipReason::OperatorOverride => "the migration is finished; the writer's requested-chassis stands",
     }
 }
 
@@ -119,11 +202,12 @@ impl Inspected {
         splice(&self.raw, self.params.clone(), self.plan.rewritten.as_ref()?)
     }
 
-    /// What to remember for the reply, when the rewrite appended ops.
+    /// What to remember until the reply, when the plan rewrites the request.
     pub fn pending(&self) -> Option<(String, Pending)> {
         let p = &self.plan;
-        (p.rewritten.is_some() && p.upstream_ops > p.client_ops)
-            .then(|| (self.id.clone(), Pending { client_ops: p.client_ops, upstream_ops: p.upstream_ops }))
+        p.rewritten.as_ref()?;
+        let trim = (p.upstream_ops > p.client_ops).then_some((p.client_ops, p.upstream_ops));
+        Some((self.id.clone(), Pending { trim, changes: p.changes.clone(), appended: p.appended.clone() }))
     }
 }
 
@@ -157,9 +241,22 @@ pub fn cancelled_id(raw: &[u8]) -> Option<String> {
     id_key(params.first()?.get())
 }
 
-/// If `raw` answers a pending request, removes it from `pending` and returns the reply with
-/// its result trimmed to the client's ops (`None`: forward the original bytes).
-pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Bytes> {
+/// The first error in a `transact` result array (an op's, or the commit's extra element).
+fn first_error(result: &Value) -> Option<String> {
+    let list = result.as_array()?;
+    list.iter().find_map(|r| {
+        let e = r.get("error")?.as_str()?;
+        Some(match r.get("details").and_then(Value::as_str) {
+            Some(d) => format!("{e}: {d}"),
+            None => e.to_string(),
+        })
+    })
+}
+
+/// If `raw` answers a pending request, removes it from `pending` and says what came of it, with
+/// the reply's result trimmed to the client's ops when the proxy appended some (`bytes: None`:
+/// forward the original bytes).
+pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Answered> {
     if pending.is_empty() {
         return None;
     }
@@ -169,12 +266,35 @@ pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Bytes> {
     }
     let p = pending.remove(&env.id_key()?)?;
     if env.kind() == Kind::Error {
-        return None; // a JSON-RPC level error has no per-op results
+        // A JSON-RPC level error has no per-op results.
+        let error = env.error.map(|e| e.get().to_string()).unwrap_or_default();
+        return Some(Answered { bytes: None, pending: p, outcome: Outcome::Refused(error) });
     }
-    let raw_result = env.result?;
-    let result: Value = serde_json::from_str(raw_result.get()).ok()?;
-    let fixed = map_result(&result, p.client_ops, p.upstream_ops);
-    splice(raw, span(raw, raw_result)?, &fixed)
+    let parsed = env.result.and_then(|r| Some((r, serde_json::from_str::<Value>(r.get()).ok()?)));
+    let Some((raw_result, result)) = parsed else {
+        return Some(Answered { bytes: None, pending: p, outcome: Outcome::Refused("no result".into()) });
+    };
+    let outcome = match first_error(&result) {
+        Some(e) => Outcome::Refused(e),
+        None => {
+            let client_ops = p.trim.map_or(0, |(c, _)| c);
+            let void = p
+                .appended
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| {
+                    result.get(client_ops + j).and_then(|r| r.get("count")) == Some(&Value::from(0))
+                })
+                .map(|(_, &i)| i)
+                .collect();
+            Outcome::Committed { void }
+        }
+    };
+    let bytes = p.trim.and_then(|(client_ops, upstream_ops)| {
+        let fixed = map_result(&result, client_ops, upstream_ops);
+        splice(raw, span(raw, raw_result)?, &fixed)
+    });
+    Some(Answered { bytes, pending: p, outcome })
 }
 
 #[cfg(test)]
@@ -223,26 +343,55 @@ mod tests {
         let text = out.to_string();
         assert!(text.contains("hv1,hv2") && text.contains("rarp"), "{text}");
         let mut pending = PendingMap::new();
-        if let Some((id, p)) = ins.pending() {
-            pending.insert(id, p);
-            let reply = br#"{"id":18446744073709551616,"result":[{"count":1},{"count":1}],"error":null}"#;
-            let fixed = fix_reply(reply, &mut pending).expect("fixed");
-            assert_eq!(&fixed[..], br#"{"id":18446744073709551616,"result":[{"count":1}],"error":null}"#);
-            assert!(pending.is_empty());
-        } else {
-            panic!("an update of external_ids only: the options fix is an appended op");
-        }
+        let (id, p) = ins.pending().expect("a rewrite is awaited");
+        assert_eq!(p.trim, Some((1, 2)), "an update of external_ids only: the options fix is an appended op");
+        pending.insert(id, p);
+        let reply = br#"{"id":18446744073709551616,"result":[{"count":1},{"count":1}],"error":null}"#;
+        let answered = fix_reply(reply, &mut pending).expect("answered");
+        let fixed = answered.bytes.expect("trimmed");
+        assert_eq!(&fixed[..], br#"{"id":18446744073709551616,"result":[{"count":1}],"error":null}"#);
+        assert_eq!(answered.outcome, Outcome::Committed { void: Vec::new() });
+        assert_eq!(answered.pending.changes.len(), 1);
+        assert!(pending.is_empty());
     }
 
     #[test]
     fn replies_not_awaited_pass_untouched() {
         let mut pending = PendingMap::new();
-        pending.insert("[1,2]".into(), Pending { client_ops: 1, upstream_ops: 2 });
+        let p = Pending { trim: Some((1, 2)), changes: Vec::new(), appended: vec![0] };
+        pending.insert("[1,2]".into(), p.clone());
         assert!(fix_reply(br#"{"id":3,"result":[{},{}],"error":null}"#, &mut pending).is_none());
         assert!(fix_reply(br#"{"id":null,"method":"update3","params":[]}"#, &mut pending).is_none());
         // a JSON-RPC error for the awaited id: forwarded as it is, and forgotten
-        assert!(fix_reply(br#"{"id":[1, 2],"error":"unknown database"}"#, &mut pending).is_none());
+        let a = fix_reply(br#"{"id":[1, 2],"error":"unknown database"}"#, &mut pending).expect("answered");
+        assert!(a.bytes.is_none());
+        assert_eq!(a.outcome, Outcome::Refused("\"unknown database\"".into()));
         assert!(pending.is_empty());
+        // An op's error, and the commit's: refused, the result still trimmed.
+        pending.insert("1".into(), p.clone());
+        let a = fix_reply(
+            br#"{"id":1,"result":[{"error":"timed out","details":"w"},null],"error":null}"#,
+            &mut pending,
+        )
+        .expect("answered");
+        assert_eq!(a.outcome, Outcome::Refused("timed out: w".into()));
+        assert_eq!(
+            &a.bytes.expect("trimmed")[..],
+            br#"{"id":1,"result":[{"error":"timed out","details":"w"}],"error":null}"#
+        );
+        pending.insert("2".into(), Pending { trim: None, changes: Vec::new(), appended: Vec::new() });
+        let a = fix_reply(
+            br#"{"id":2,"result":[{"count":1},{"error":"referential integrity violation"}],"error":null}"#,
+            &mut pending,
+        )
+        .expect("answered");
+        assert!(a.bytes.is_none(), "nothing appended: forwarded as it came");
+        assert_eq!(a.outcome, Outcome::Refused("referential integrity violation".into()));
+        // The appended fix matched nothing: committed, that change void.
+        pending.insert("3".into(), p.clone());
+        let a = fix_reply(br#"{"id":3,"result":[{"count":1},{"count":0}],"error":null}"#, &mut pending)
+            .expect("answered");
+        assert_eq!(a.outcome, Outcome::Committed { void: vec![0] });
     }
 
     #[test]

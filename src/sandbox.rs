@@ -135,8 +135,15 @@ impl NbServer {
     /// Kills the server and starts it again on the same database file and unix socket (the
     /// TCP port changes): what a crash and a restart look like to its clients.
     pub fn restart(&mut self) -> Result<()> {
+        self.restart_with(|_| Ok(()))
+    }
+
+    /// Kills the server (SIGKILL), runs `while_down` with the database file (to change it with
+    /// `ovsdb-tool`, or to let time pass), then starts the server again on that file.
+    pub fn restart_with(&mut self, while_down: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        while_down(&self.dir.join("nb.db"))?;
         self.child = Self::launch(&self.dir, &self.tcp_args)?;
         self.tcp_port = self.wait_up()?;
         Ok(())

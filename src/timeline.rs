@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use dashmap::DashMap;
 
 use crate::policy::{LspState, PolicyConfig};
@@ -75,18 +78,45 @@ pub struct Binding {
     pub up: Option<bool>,
 }
 
+/// Where the proxy learnt a migration's source chassis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceOrigin {
+    /// The source tag.
+    Tag,
+    /// The first entry of `requested-chassis` when the proxy first saw the destination.
+    RequestedChassis,
+    /// The chassis binding the port in the Southbound, other than the destination.
+    Southbound,
+}
+
 /// One migration of one port.
 #[derive(Debug, Clone)]
 pub struct Migration {
     pub port: String,
     pub source: Option<String>,
+    pub source_origin: Option<SourceOrigin>,
     pub destination: String,
     pub phase: Phase,
     pub events: Vec<(Stage, SystemTime)>,
     pub binding: Option<Binding>,
+    /// Position in the order migrations finished, while finished.
+    finished: Option<u64>,
 }
 
 impl Migration {
+    fn new(port: &str, destination: String, phase: Phase, binding: Option<Binding>) -> Migration {
+        Migration {
+            port: port.to_string(),
+            source: None,
+            source_origin: None,
+            destination,
+            phase,
+            events: Vec::new(),
+            binding,
+            finished: None,
+        }
+    }
+
     fn reached(&self, stage: Stage) -> bool {
         self.events.iter().any(|(s, _)| *s == stage)
     }
@@ -125,27 +155,49 @@ impl Migration {
 }
 
 /// What the tags of a row say about a migration, if anything.
-fn read_tags(row: &LspState, cfg: &PolicyConfig) -> Option<(String, Option<String>, Phase)> {
+struct Tagged {
+    destination: String,
+    source_tag: Option<String>,
+    first_requested: Option<String>,
+    phase: Phase,
+}
+
+fn read_tags(row: &LspState, cfg: &PolicyConfig) -> Option<Tagged> {
     let get = |k: &str| row.external_ids.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-    let dst = get(&cfg.destination_key)?;
+    let destination = get(&cfg.destination_key)?;
     let phase = match get(&cfg.phase_key).map(|p| p.to_ascii_lowercase()).as_deref() {
         Some("succeeded" | "completed") => Phase::Succeeded,
         Some("failed" | "aborted") => Phase::Failed,
         _ => Phase::InProgress,
     };
-    let src = get(&cfg.source_key)
-        .or_else(|| {
-            row.options.get("requested-chassis").and_then(|rc| rc.split(',').next()).map(|s| s.trim().into())
-        })
-        .filter(|s: &String| !s.is_empty() && *s != dst);
-    Some((dst, src, phase))
+    let usable = |s: &String| !s.is_empty() && *s != destination;
+    let source_tag = get(&cfg.source_key).filter(usable);
+    let first_requested = row
+        .options
+        .get("requested-chassis")
+        .and_then(|rc| rc.split(',').next())
+        .map(|s| s.trim().to_string())
+        .filter(usable);
+    Some(Tagged { destination, source_tag, first_requested, phase })
 }
 
-/// Every migration the proxy has seen, by port name. Finished ones are kept (for `show`) until
-/// the port is deleted or a new migration of it starts; at most `MAX_KEPT` finished ones.
+/// The migrations the proxy has watched, by port name: every migration in progress, and the
+/// last `MAX_KEPT` finished ones (for `show`), each until its port is deleted or a new
+/// migration of it starts. A port first seen with finished tags (a leftover of a migration
+/// the proxy did not watch) has none.
+///
+/// Cost per observation is independent of the history: a lookup in the map, and for a
+/// migration that finishes, an insert into (and possibly a pop from) the ordered index of
+/// finished ones. Written by the monitor thread only; read by sessions (the policy's
+/// [`Memory`]) and the control socket.
 #[derive(Debug, Default)]
 pub struct Timelines {
     map: DashMap<String, Migration>,
+    /// Finished migrations by the order they finished: sequence number → port.
+    finished: Mutex<BTreeMap<u64, String>>,
+    next_seq: AtomicU64,
+    in_progress: AtomicUsize,
+    unknown_source: AtomicUsize,
 }
 
 const MAX_KEPT: usize = 10_000;
@@ -155,55 +207,121 @@ impl Timelines {
         Self::default()
     }
 
+    fn index(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the counters and the finished index in step with a phase change of `m`.
+    fn set_phase(&self, m: &mut Migration, phase: Phase) {
+        let was = m.phase == Phase::InProgress;
+        let is = phase == Phase::InProgress;
+        m.phase = phase;
+        match (was, is) {
+            (true, false) => {
+                self.in_progress.fetch_sub(1, Ordering::Relaxed);
+                if m.source.is_none() {
+                    self.unknown_source.fetch_sub(1, Ordering::Relaxed);
+                }
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                m.finished = Some(seq);
+                self.index().insert(seq, m.port.clone());
+            }
+            (false, true) => {
+                self.in_progress.fetch_add(1, Ordering::Relaxed);
+                if m.source.is_none() {
+                    self.unknown_source.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(seq) = m.finished.take() {
+                    self.index().remove(&seq);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_source(&self, m: &mut Migration, source: String, origin: SourceOrigin) {
+        if m.source.is_none() && m.phase == Phase::InProgress {
+            self.unknown_source.fetch_sub(1, Ordering::Relaxed);
+        }
+        m.source = Some(source);
+        m.source_origin = Some(origin);
+    }
+
+    /// Drops the entry of `port` (with its counters and index entry).
+    fn drop_entry(&self, port: &str) {
+        if let Some((_, m)) = self.map.remove(port) {
+            if m.phase == Phase::InProgress {
+                self.in_progress.fetch_sub(1, Ordering::Relaxed);
+                if m.source.is_none() {
+                    self.unknown_source.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            if let Some(seq) = m.finished {
+                self.index().remove(&seq);
+            }
+        }
+    }
+
     /// Records what a port's NB row now says. Returns the stages newly reached.
     pub fn observe_nb(&self, row: &LspState, cfg: &PolicyConfig, now: SystemTime) -> Vec<Stage> {
         let mut new = Vec::new();
-        match read_tags(row, cfg) {
-            Some((dst, src, phase)) => {
-                let mut m = self.map.entry(row.name.clone()).or_insert_with(|| Migration {
-                    port: row.name.clone(),
-                    source: src.clone(),
-                    destination: dst.clone(),
-                    phase,
-                    events: Vec::new(),
-                    binding: None,
-                });
-                if m.destination != dst || (m.phase != Phase::InProgress && phase == Phase::InProgress) {
-                    // A new migration of the same port.
-                    *m = Migration {
-                        port: row.name.clone(),
-                        source: src.clone(),
-                        destination: dst,
-                        phase,
-                        events: Vec::new(),
-                        binding: m.binding.take(),
-                    };
-                }
-                if m.source.is_none() {
-                    m.source = src;
-                }
-                if m.mark(Stage::Tagged, now) {
-                    new.push(Stage::Tagged);
-                }
-                m.phase = phase;
-                let stage = match phase {
-                    Phase::Succeeded => Some(Stage::Succeeded),
-                    Phase::Failed => Some(Stage::Failed),
-                    _ => None,
-                };
-                if let Some(s) = stage.filter(|s| m.mark(*s, now)) {
-                    new.push(s);
-                }
-            }
-            None => {
-                if let Some(mut m) = self.map.get_mut(&row.name) {
-                    if m.phase == Phase::InProgress {
-                        m.phase = Phase::Aborted;
-                        if m.mark(Stage::Aborted, now) {
-                            new.push(Stage::Aborted);
-                        }
+        let Some(t) = read_tags(row, cfg) else {
+            if let Some(mut m) = self.map.get_mut(&row.name) {
+                if m.phase == Phase::InProgress {
+                    self.set_phase(&mut m, Phase::Aborted);
+                    if m.mark(Stage::Aborted, now) {
+                        new.push(Stage::Aborted);
                     }
                 }
+            }
+            self.trim();
+            return new;
+        };
+        let restart = self.map.get(&row.name).map(|m| {
+            m.destination != t.destination || (m.phase != Phase::InProgress && t.phase == Phase::InProgress)
+        });
+        if restart != Some(false) {
+            // First sight of this migration (or a new migration of the same port). One first
+            // seen already finished is a leftover the proxy did not watch: nothing to record.
+            let binding = if restart == Some(true) {
+                self.map.get(&row.name).and_then(|m| m.binding.clone())
+            } else {
+                None
+            };
+            self.drop_entry(&row.name);
+            if t.phase != Phase::InProgress {
+                self.trim();
+                return new;
+            }
+            let m = Migration::new(&row.name, t.destination.clone(), Phase::Aborted, binding);
+            self.map.insert(row.name.clone(), m);
+        }
+        if let Some(mut m) = self.map.get_mut(&row.name) {
+            let m = &mut *m;
+            if m.events.is_empty() {
+                // A fresh entry: counted as in progress from here.
+                self.set_phase(m, Phase::InProgress);
+            }
+            match (&t.source_tag, &t.first_requested) {
+                (Some(tag), _) if m.source.as_ref() != Some(tag) => {
+                    self.set_source(m, tag.clone(), SourceOrigin::Tag)
+                }
+                (None, Some(rc)) if m.source.is_none() => {
+                    self.set_source(m, rc.clone(), SourceOrigin::RequestedChassis)
+                }
+                _ => {}
+            }
+            if m.mark(Stage::Tagged, now) {
+                new.push(Stage::Tagged);
+            }
+            self.set_phase(m, t.phase);
+            let stage = match t.phase {
+                Phase::Succeeded => Some(Stage::Succeeded),
+                Phase::Failed => Some(Stage::Failed),
+                _ => None,
+            };
+            if let Some(s) = stage.filter(|s| m.mark(*s, now)) {
+                new.push(s);
             }
         }
         self.trim();
@@ -250,6 +368,26 @@ impl Timelines {
         new
     }
 
+    /// Learns the source of the in-progress migration of `port` when the proxy does not know
+    /// it: the chassis `b` shows binding the port, if it is not the destination. Returns the
+    /// source learnt.
+    pub fn learn_source(
+        &self,
+        port: &str,
+        b: &Binding,
+        aliases: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let mut m = self.map.get_mut(port)?;
+        if m.phase != Phase::InProgress || m.source.is_some() {
+            return None;
+        }
+        let resolve = |c: &str| aliases.get(c).cloned().unwrap_or_else(|| c.to_string());
+        let dst = resolve(&m.destination);
+        let chassis = b.chassis.as_deref().filter(|c| *c != dst)?.to_string();
+        self.set_source(&mut m, chassis.clone(), SourceOrigin::Southbound);
+        Some(chassis)
+    }
+
     /// Marks that the proxy finished this migration itself (finalize on activation).
     pub fn mark_finalized(&self, port: &str, now: SystemTime) {
         if let Some(mut m) = self.map.get_mut(port) {
@@ -257,14 +395,47 @@ impl Timelines {
         }
     }
 
-    /// True when the proxy has finalized the in-progress migration of `port` to `destination`.
+    /// True when the proxy has finalized the migration of `port` to `destination` and that
+    /// migration is still in progress by the tags.
     pub fn is_finalized(&self, port: &str, destination: &str) -> bool {
-        self.map.get(port).is_some_and(|m| m.destination == destination && m.reached(Stage::Finalized))
+        self.map.get(port).is_some_and(|m| {
+            m.phase == Phase::InProgress && m.destination == destination && m.reached(Stage::Finalized)
+        })
+    }
+
+    /// The source of the migration of `port` to `destination`, when known, if it is in
+    /// progress (`finished` false) or finished by its tags (`finished` true).
+    pub fn source_of(&self, port: &str, destination: &str, finished: bool) -> Option<String> {
+        let m = self.map.get(port)?;
+        // The same migration: still in progress (and now perhaps finishing), or finished and
+        // still finished. A finished one followed by rows in progress is a new migration.
+        let phase_matches = match m.phase {
+            Phase::InProgress => true,
+            Phase::Succeeded | Phase::Failed => finished,
+            Phase::Aborted => false,
+        };
+        (phase_matches && m.destination == destination).then(|| m.source.clone()).flatten()
     }
 
     /// The port is gone from the NB: so is its timeline.
     pub fn forget(&self, port: &str) {
-        self.map.remove(port);
+        self.drop_entry(port);
+        self.trim();
+    }
+
+    /// The port was renamed: its timeline follows it.
+    pub fn rename(&self, old: &str, new: &str) {
+        if old == new {
+            return;
+        }
+        if let Some((_, mut m)) = self.map.remove(old) {
+            self.drop_entry(new);
+            m.port = new.to_string();
+            if let Some(seq) = m.finished {
+                self.index().insert(seq, new.to_string());
+            }
+            self.map.insert(new.to_string(), m);
+        }
     }
 
     pub fn get(&self, port: &str) -> Option<Migration> {
@@ -276,23 +447,45 @@ impl Timelines {
         self.map.iter().map(|m| (m.key().clone(), m.value().clone())).collect()
     }
 
-    pub fn in_progress(&self) -> usize {
-        self.map.iter().filter(|m| m.phase == Phase::InProgress).count()
+    pub fn contains(&self, port: &str) -> bool {
+        self.map.contains_key(port)
     }
 
+    /// The ports that have a timeline.
+    pub fn ports(&self) -> Vec<String> {
+        self.map.iter().map(|m| m.key().clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Migrations in progress by their tags (a counter: no walk).
+    pub fn in_progress(&self) -> usize {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// Migrations in progress whose source the proxy does not know.
+    pub fn unknown_source(&self) -> usize {
+        self.unknown_source.load(Ordering::Relaxed)
+    }
+
+    /// Drops the oldest finished migrations past `MAX_KEPT`.
     fn trim(&self) {
-        if self.map.len() <= MAX_KEPT {
-            return;
-        }
-        let mut finished: Vec<(SystemTime, String)> = self
-            .map
-            .iter()
-            .filter(|m| m.phase != Phase::InProgress)
-            .map(|m| (m.events.last().map(|e| e.1).unwrap_or(UNIX_EPOCH), m.key().clone()))
-            .collect();
-        finished.sort();
-        for (_, port) in finished.into_iter().take(self.map.len() - MAX_KEPT) {
-            self.map.remove(&port);
+        loop {
+            let victim = {
+                let mut index = self.index();
+                if index.len() <= MAX_KEPT {
+                    return;
+                }
+                index.pop_first()
+            };
+            let Some((seq, port)) = victim else { return };
+            self.map.remove_if(&port, |_, m| m.finished == Some(seq));
         }
     }
 
@@ -314,7 +507,7 @@ impl Timelines {
                 out,
                 "{:<24} {:<12} {:<12} {:<12} {:<15} {:.1}s",
                 m.port,
-                m.source.as_deref().unwrap_or("?"),
+                m.source.as_deref().unwrap_or("unknown"),
                 m.destination,
                 m.phase.as_str(),
                 m.sb_state(),
@@ -332,10 +525,17 @@ impl Timelines {
             out,
             "port {}: {} → {} ({})",
             m.port,
-            m.source.as_deref().unwrap_or("?"),
+            m.source.as_deref().unwrap_or("unknown"),
             m.destination,
             m.phase.as_str()
         );
+        let origin = match m.source_origin {
+            Some(SourceOrigin::Tag) => "the source tag",
+            Some(SourceOrigin::RequestedChassis) => "requested-chassis when the destination first appeared",
+            Some(SourceOrigin::Southbound) => "the Southbound binding",
+            None => "nowhere: no source tag, no requested-chassis, no Southbound binding elsewhere",
+        };
+        let _ = writeln!(out, "  source from {origin}");
         let start = m.started();
         for (stage, at) in &m.events {
             let since = at.duration_since(start).unwrap_or_default();
@@ -458,5 +658,116 @@ mod tests {
         assert!(!t.is_finalized("vm1", "hv3"));
         let single = Binding { chassis: Some("hv2".into()), ..Default::default() };
         assert_eq!(t.observe_sb("vm1", &single, &none(), at(12)), vec![Stage::SingleChassis]);
+    }
+
+    fn port(name: &str, ext: &[(&str, &str)], rc: &str) -> LspState {
+        LspState { name: name.into(), ..row(ext, rc) }
+    }
+
+    #[test]
+    fn finished_migrations_are_kept_up_to_a_bound_oldest_dropped_first() {
+        let t = Timelines::new();
+        let cfg = PolicyConfig::default();
+        let n = MAX_KEPT + 500;
+        for i in 0..n {
+            let name = format!("p{i}");
+            t.observe_nb(&port(&name, &[("migration-destination", "hv2")], "hv1"), &cfg, at(i as u64));
+            let done =
+                port(&name, &[("migration-destination", "hv2"), ("migration-phase", "succeeded")], "hv2");
+            t.observe_nb(&done, &cfg, at(i as u64));
+        }
+        // One still in progress is never dropped, however old.
+        t.observe_nb(&port("old", &[("migration-destination", "hv2")], "hv1"), &cfg, at(0));
+        for i in n..n + 10 {
+            let name = format!("p{i}");
+            t.observe_nb(&port(&name, &[("migration-destination", "hv2")], "hv1"), &cfg, at(i as u64));
+            let failed =
+                port(&name, &[("migration-destination", "hv2"), ("migration-phase", "failed")], "hv1");
+            t.observe_nb(&failed, &cfg, at(i as u64));
+        }
+        assert_eq!(t.len(), MAX_KEPT + 1);
+        assert_eq!(t.in_progress(), 1);
+        assert!(t.get("old").is_some());
+        assert!(t.get("p0").is_none() && t.get("p509").is_none(), "the oldest finished are dropped");
+        assert!(t.get("p510").is_some() && t.get(&format!("p{}", n + 9)).is_some());
+    }
+
+    #[test]
+    fn a_port_first_seen_finished_is_not_a_migration_the_proxy_watched() {
+        let t = Timelines::new();
+        let cfg = PolicyConfig::default();
+        let leftover =
+            port("vm1", &[("migration-destination", "hv2"), ("migration-phase", "succeeded")], "hv2");
+        assert!(t.observe_nb(&leftover, &cfg, at(0)).is_empty());
+        assert!(t.is_empty());
+        // A new migration of it is.
+        let again = port("vm1", &[("migration-destination", "hv3")], "hv2");
+        assert_eq!(t.observe_nb(&again, &cfg, at(1)), vec![Stage::Tagged]);
+        assert_eq!(t.get("vm1").and_then(|m| m.source).as_deref(), Some("hv2"));
+    }
+
+    #[test]
+    fn a_rename_moves_the_timeline() {
+        let t = Timelines::new();
+        let cfg = PolicyConfig::default();
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], "hv1"), &cfg, at(0));
+        t.rename("vm1", "vm1b");
+        assert!(t.get("vm1").is_none());
+        assert_eq!(t.get("vm1b").map(|m| m.port).as_deref(), Some("vm1b"));
+        assert_eq!(t.in_progress(), 1);
+        t.forget("vm1b");
+        assert_eq!((t.len(), t.in_progress()), (0, 0));
+    }
+
+    #[test]
+    fn the_source_is_remembered_learnt_from_the_southbound_and_counted_when_unknown() {
+        let t = Timelines::new();
+        let cfg = PolicyConfig::default();
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], "hv1"), &cfg, at(0));
+        assert_eq!(t.source_of("vm1", "hv2", false).as_deref(), Some("hv1"));
+        assert_eq!(t.source_of("vm1", "hv2", true).as_deref(), Some("hv1"), "finishing: the same migration");
+        assert_eq!(t.source_of("vm1", "hv3", false), None, "another destination");
+        // A later write that loses requested-chassis does not change what was remembered.
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], ""), &cfg, at(1));
+        assert_eq!(t.source_of("vm1", "hv2", false).as_deref(), Some("hv1"));
+        // First seen without any source.
+        let mut lost = port("vm2", &[("migration-destination", "hv2")], "");
+        lost.options.clear();
+        t.observe_nb(&lost, &cfg, at(2));
+        assert_eq!((t.source_of("vm2", "hv2", false), t.unknown_source()), (None, 1));
+        assert!(t.render_list(at(3)).lines().any(|l| l.starts_with("vm2 ") && l.contains(" unknown ")));
+        // The Southbound shows the destination binding it: nothing learnt. The source: learnt.
+        let on = |c: &str| Binding { chassis: Some(c.into()), ..Default::default() };
+        assert_eq!(t.learn_source("vm2", &on("hv2"), &none()), None);
+        assert_eq!(t.learn_source("vm2", &on("hv1"), &none()).as_deref(), Some("hv1"));
+        assert_eq!((t.source_of("vm2", "hv2", false).as_deref(), t.unknown_source()), (Some("hv1"), 0));
+        assert!(t.render_show("vm2").expect("shown").contains("source from the Southbound binding"));
+        // A finished migration remembers its source for finished rows only: a new migration
+        // to the same destination gets nothing from it.
+        let done = port("vm1", &[("migration-destination", "hv2"), ("migration-phase", "failed")], "hv1");
+        t.observe_nb(&done, &cfg, at(4));
+        assert_eq!(t.source_of("vm1", "hv2", false), None);
+        assert_eq!(t.source_of("vm1", "hv2", true).as_deref(), Some("hv1"));
+        assert!(!t.is_finalized("vm1", "hv2"));
+    }
+
+    #[test]
+    fn finalized_holds_only_while_that_migration_is_in_progress() {
+        let t = Timelines::new();
+        let cfg = PolicyConfig::default();
+        t.observe_nb(&row(&[("migration-destination", "hv2")], "hv1,hv2"), &cfg, at(0));
+        t.mark_finalized("vm1", at(1));
+        assert!(t.is_finalized("vm1", "hv2"));
+        // Rolled back after all: no longer finalized, though the destination is the same.
+        t.observe_nb(
+            &row(&[("migration-destination", "hv2"), ("migration-phase", "failed")], "hv1"),
+            &cfg,
+            at(2),
+        );
+        assert!(!t.is_finalized("vm1", "hv2"));
+        // The retry is a new migration, not finalized either.
+        t.observe_nb(&row(&[("migration-destination", "hv2")], "hv1"), &cfg, at(3));
+        assert!(!t.is_finalized("vm1", "hv2"));
+        assert_eq!(t.in_progress(), 1);
     }
 }

@@ -195,3 +195,40 @@ fn one_proxy_per_member_as_sidecars() {
         sidecars.iter().filter(|p| is_active(p)).count() == 1
     });
 }
+
+/// A proxy started while the cluster elects a leader: a tag sent through it before it has found
+/// the leader and loaded its cache is held until then, and rewritten in its own transaction (it
+/// used to go through unrewritten, fixed by the reconciler about a second later).
+#[test]
+fn a_tag_sent_while_the_cluster_elects_is_rewritten() {
+    let mut w = cluster();
+    let leader = w.cluster.leader().expect("leader");
+    seed_vm1(&w.cluster.unix_remote(leader));
+    let remotes = (0..w.cluster.len()).map(|i| w.cluster.tcp_remote(i)).collect::<Vec<_>>().join(",");
+    w.cluster.kill(leader);
+    let mut p = Proxy::start(&remotes, &[]);
+    let t0 = Instant::now();
+    let tag = serde_json::json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "vm1"]],
+        "mutations": [["external_ids", "insert", ["map", [["migration-destination", "hv2"]]]]]});
+    loop {
+        let reply = try_transact(&p.unix, vec![tag.clone()]);
+        if reply.as_ref().is_some_and(|r| r["result"][0]["count"] == 1) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no write went through: {reply:?}\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "first write through the proxy {:?} after it started on a cluster without a leader",
+        t0.elapsed()
+    );
+    let new = w.cluster.leader().expect("new leader");
+    let opts = ovn_nbctl(
+        &w.cluster.unix_remote(new),
+        &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"],
+    )
+    .expect("get");
+    assert_eq!(opts.trim(), "\"hv1,hv2\"", "committed unrewritten");
+    p.wait_log("rewrite port=vm1 ", Duration::from_secs(5));
+    assert!(!p.log_text().contains("reconcile port=vm1 "), "{}", p.log_text());
+}

@@ -47,6 +47,8 @@ struct World {
     proxy: Proxy,
     lab: OvnLab,
     dir: Option<tempfile::TempDir>,
+    /// The proxy's flags, to start it again.
+    args: Vec<String>,
 }
 
 impl Drop for World {
@@ -70,12 +72,11 @@ impl World {
         let t0 = Instant::now();
         let lab = OvnLab::start(dir.path(), &["hv1", "hv2"]).unwrap_or_else(|e| panic!("lab: {e:#}"));
         eprintln!("lab ready in {:?} ({})", t0.elapsed(), dir.path().display());
-        let sb = format!("--sb-db={}", lab.sb_remote());
-        let mut args = vec![sb.as_str()];
-        args.extend_from_slice(extra);
-        let mut proxy = Proxy::start(&lab.nb_remote(), &args);
+        let mut args = vec![format!("--sb-db={}", lab.sb_remote())];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut proxy = Proxy::start(&lab.nb_remote(), &args.iter().map(String::as_str).collect::<Vec<_>>());
         proxy.wait_log("port cache synchronised", DEADLINE);
-        let w = World { proxy, lab, dir: Some(dir) };
+        let w = World { proxy, lab, dir: Some(dir), args };
         let mut setup: Vec<String> = "ls-add ls0 -- set Logical_Switch ls0 other_config:vlan-passthru=true"
             .split(' ')
             .map(String::from)
@@ -99,6 +100,20 @@ impl World {
         }
         w.settle();
         w
+    }
+
+    /// The proxy killed (SIGKILL) and started again with the same flags, once `while_down` ran.
+    fn restart_proxy(&mut self, while_down: impl FnOnce(&World)) {
+        self.proxy.kill9();
+        while_down(self);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.proxy = Proxy::start(&self.lab.nb_remote(), &args);
+        self.proxy.wait_log("port cache synchronised", DEADLINE);
+    }
+
+    /// `vm`'s options, read directly from NB.
+    fn options(&self) -> String {
+        self.lab.nbctl(&["get", "Logical_Switch_Port", "vm", "options"]).expect("options").trim().to_string()
     }
 
     fn hv(&self, name: &str) -> &Hypervisor {
@@ -367,6 +382,56 @@ fn finalize_on_activation_ends_the_migration_without_the_cms() {
     w.tag("migration-phase", "succeeded");
     let opts = w.lab.nbctl(&["get", "Logical_Switch_Port", "vm", "options"]).expect("options");
     assert_eq!(opts.trim(), "{requested-chassis=hv2}");
+}
+
+/// With finalize on activation, a second migration of the port to the destination of the one
+/// the proxy finalized (a retry after a rollback) is a new migration: the CMS's tagging write
+/// gets `src,dst` + rarp, not the finalized `dst` (which used to move the binding to the
+/// destination long before the VM).
+#[test]
+fn finalize_does_not_misfire_on_a_second_migration_to_the_same_destination() {
+    let w = World::start_with(&["--finalize-on-activation"]);
+    w.start_migration();
+    w.hv("hv2").inject("vm", &rarp_frame(VM_MAC).expect("rarp")).unwrap_or_else(|e| panic!("{e:#}"));
+    until("finalized by the proxy", || (w.options() == "{requested-chassis=hv2}").then_some(()));
+    let fin = w.proxy.audits("vm");
+    assert!(
+        fin.last().is_some_and(|l| l.contains("reconcile port=vm ") && l.contains("cause=finalized")),
+        "{fin:#?}"
+    );
+    // The CMS rolls back after all, then tries again to the same destination.
+    w.tag("migration-phase", "failed");
+    assert_eq!(w.options(), "{requested-chassis=hv1}");
+    w.pb("back on hv1 alone", |pb| pb.chassis.as_deref() == Some("hv1") && pb.additional_chassis.is_empty());
+    w.untag(&["migration-phase"]);
+    // Read right after the CMS's write returned.
+    assert_eq!(w.options(), "{activation-strategy=rarp, requested-chassis=\"hv1,hv2\"}");
+    let last = w.proxy.audits("vm").last().cloned().unwrap_or_default();
+    assert!(last.contains("rewrite port=vm ") && last.contains("cause=started"), "{last}");
+    let pb = w.pb("northd: hv2 requested as the additional chassis again", |pb| {
+        pb.requested_chassis.as_deref() == Some("hv1") && pb.requested_additional_chassis == ["hv2"]
+    });
+    assert_eq!(pb.chassis.as_deref(), Some("hv1"), "the binding stays on the source: {pb:#?}");
+}
+
+/// A migration without a source tag whose options an unaware writer replaced while the proxy
+/// was down: with `--sb-db`, the proxy finds the source in the Southbound binding (the chassis
+/// other than the destination that binds the port) and puts the pin back.
+#[test]
+fn a_source_lost_while_the_proxy_was_down_is_recovered_from_the_southbound() {
+    let mut w = World::start();
+    w.start_migration();
+    w.restart_proxy(|w| {
+        w.lab.nbctl(&["lsp-set-options", "vm", "foo=bar"]).expect("unaware write around the proxy");
+    });
+    until("the pin is back", || {
+        (w.options() == "{activation-strategy=rarp, foo=bar, requested-chassis=\"hv1,hv2\"}").then_some(())
+    });
+    let line = w.proxy.wait_log("source recovered from the Southbound", DEADLINE);
+    assert!(line.contains("port=vm") && line.contains("hv1"), "{line}");
+    w.pb("bound on hv1 with hv2 as the additional chassis", |pb| {
+        pb.chassis.as_deref() == Some("hv1") && pb.additional_chassis == ["hv2"]
+    });
 }
 
 #[test]

@@ -142,6 +142,14 @@ impl PortModel {
                 None => o.remove(AS),
             };
         };
+        // The write leaves a finished migration finished, to the same destination: a
+        // requested-chassis it sets to one chassis of its own is the writer's choice.
+        let continuing = before.migrating() == self.migrating() && phase(&before.ext) == phase(&self.ext);
+        let chosen_elsewhere = |o: &StrMap, final_: &str| {
+            o.get(RC)
+                .map(|rc| rc.trim())
+                .is_some_and(|rc| !rc.is_empty() && !rc.contains(',') && rc != final_)
+        };
         match self.migrating() {
             Some(dst) => {
                 let src = self.source().expect("the test always gives a migration a source");
@@ -155,7 +163,9 @@ impl PortModel {
                         };
                         set(&mut self.options, format!("{src},{dst}"), strategy);
                     }
+                    Phase::Succeeded if continuing && chosen_elsewhere(&self.options, &dst) => {}
                     Phase::Succeeded => set(&mut self.options, dst, None),
+                    Phase::Failed if continuing && chosen_elsewhere(&self.options, &src) => {}
                     Phase::Failed => set(&mut self.options, src, None),
                 }
             }

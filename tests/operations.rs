@@ -4,39 +4,15 @@
 mod common;
 use common::*;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// `GET path` on the metrics endpoint: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
-fn metrics_addr(p: &mut Proxy) -> String {
-    let line = p.wait_log("metrics endpoint ready", Duration::from_secs(5));
-    line.split("metrics=").nth(1).expect("address").trim().to_string()
-}
-
-/// The value of one sample line, e.g. `ovn_nb_proxy_rewrites_total{cause="started"}`.
-fn sample(body: &str, name: &str) -> Option<f64> {
-    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 #[test]
 fn metrics_and_health_after_a_rewrite() {
     let nb = nb();
     seed_vm1(&nb.server.unix_remote());
     let mut p = Proxy::start(&nb.server.unix_remote(), &["--metrics=127.0.0.1:0"]);
-    let addr = metrics_addr(&mut p);
+    let addr = p.metrics_addr();
     assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".into()));
     eventually("ready once the cache is synchronised", || http_get(&addr, "/readyz").0 == 200);
     ovn_nbctl(
@@ -66,7 +42,7 @@ fn readyz_fails_while_the_upstream_is_down() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut p =
         Proxy::start(&format!("unix:{}", dir.path().join("none.sock").display()), &["--metrics=127.0.0.1:0"]);
-    let addr = metrics_addr(&mut p);
+    let addr = p.metrics_addr();
     assert_eq!(http_get(&addr, "/healthz").0, 200);
     let (code, body) = http_get(&addr, "/readyz");
     assert_eq!(code, 503, "{body}");

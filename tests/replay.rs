@@ -158,6 +158,28 @@ fn a_fresh_recording_replays_green() {
     assert_green(&file, &nb.server.unix_remote());
 }
 
+/// A session whose transaction the proxy extended with an op of its own (`ovn-nbctl set` of a
+/// migration tag: a `mutate` appended, its result trimmed from the reply) replays green: the
+/// replay sends what went upstream and trims the live reply as the proxy did.
+#[test]
+fn a_transaction_the_proxy_extended_replays_green() {
+    let text = record(|p| {
+        drive_ovn_nbctl(p);
+        ovn_nbctl(&p.unix_remote(), &["lsp-set-options", "p1", "requested-chassis=hv1"]).expect("pin");
+        ovn_nbctl(
+            &p.unix_remote(),
+            &["set", "Logical_Switch_Port", "p1", "external_ids:migration-destination=hv2"],
+        )
+        .expect("tag");
+    });
+    assert!(text.contains(r#""rewrite":"#), "the recording holds a rewritten request:\n{text}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("extended.jsonl");
+    std::fs::write(&file, text).expect("write");
+    let nb = nb();
+    assert_green(&file, &nb.server.unix_remote());
+}
+
 #[test]
 fn replay_trouble_exits_2() {
     let dir = tempfile::tempdir().expect("tmp");

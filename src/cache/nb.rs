@@ -69,6 +69,17 @@ impl Row {
         &self.name
     }
 
+    /// The value of `key` in `external_ids` (a binary search: pairs are sorted).
+    pub fn external_id(&self, key: &str) -> Option<&str> {
+        let i = self.external_ids.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        Some(&self.external_ids[i].1)
+    }
+
+    /// Whether `external_ids:key` is present and not blank (a migration's destination tag).
+    pub fn has_tag(&self, key: &str) -> bool {
+        self.external_id(key).is_some_and(|v| !v.trim().is_empty())
+    }
+
     pub fn state(&self, uuid: Uuid) -> LspState {
         let map = |p: &Pairs| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<StrMap>();
         LspState {
@@ -218,15 +229,28 @@ impl LspCache {
         row
     }
 
-    /// The uuids of every row (to look at each in turn without holding a copy of the table).
-    pub fn uuids(&self) -> Vec<Uuid> {
-        self.rows.iter().map(|r| *r.key()).collect()
+    /// The uuids of every row whose `external_ids:key` is set (to look at each in turn without
+    /// holding a copy of the table).
+    pub fn tagged(&self, key: &str) -> Vec<Uuid> {
+        self.rows.iter().filter(|r| r.has_tag(key)).map(|r| *r.key()).collect()
+    }
+
+    /// The row as the cache holds it now (shared, not copied).
+    pub fn row(&self, uuid: Uuid) -> Option<Arc<Row>> {
+        self.rows.get(&uuid).map(|r| Arc::clone(&r))
+    }
+
+    /// The uuid of the port called `name`.
+    pub fn uuid_of(&self, name: &str) -> Option<Uuid> {
+        self.names.get(name).map(|u| *u)
     }
 
     pub fn state(&self, uuid: Uuid) -> Option<LspState> {
         self.rows.get(&uuid).map(|r| r.state(uuid))
     }
 }
+
+impl crate::policy::Memory for LspCache {}
 
 impl LspView for LspCache {
     fn by_uuid(&self, uuid: &str) -> Option<LspState> {

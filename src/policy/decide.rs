@@ -76,21 +76,83 @@ fn check_name(name: &str) -> Result<&str, SkipReason> {
     }
 }
 
-/// The source chassis: the source tag; else, if the port was already migrating before this
-/// transaction, the first entry of its pre-state `requested-chassis`; else the first entry of the
-/// writer's post-state `requested-chassis` (also the fallback when the pre-state has none).
+/// The source chassis, first found of: the source tag; the source the proxy remembers for this
+/// migration (`remembered`: what it saw when the destination first appeared, or learnt from the
+/// Southbound); if the port was already migrating before this write, the first entry of its
+/// pre-state `requested-chassis`; else the first entry of the writer's post-state
+/// `requested-chassis`.
 fn source<'a>(
     tags: &Tags<'a>,
+    remembered: Option<&'a str>,
     pre: Option<(&'a LspState, &Tags<'a>)>,
     post: &'a LspState,
 ) -> Result<&'a str, SkipReason> {
     let from_pre = pre.filter(|(_, t)| t.dst.is_some()).and_then(|(p, _)| first_chassis(&p.options));
-    let src = tags.src.or(from_pre).or_else(|| first_chassis(&post.options)).ok_or(SkipReason::NoSource)?;
+    let src = tags
+        .src
+        .or(remembered)
+        .or(from_pre)
+        .or_else(|| first_chassis(&post.options))
+        .ok_or(SkipReason::NoSource)?;
     check_name(src)
 }
 
-/// The per-row decision, from the pre-transaction state (`None` for a row inserted by the
-/// transaction, or when reconciling) and the state the writer's transaction leaves.
+/// What the proxy knows of a row before the write being decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pre<'a> {
+    /// The row as it was before this write: the port cache's row for a client transaction, the
+    /// monitor's previous row for a change seen on the monitor.
+    Known(&'a LspState),
+    /// The row is inserted by this write.
+    Inserted,
+    /// A row looked at without a previous state: the reconciler's first look at every port after
+    /// a start or a resynchronisation, a row looked at again.
+    Unseen,
+}
+
+impl<'a> Pre<'a> {
+    /// `Known` when `row` is given, else `Inserted`.
+    pub fn from_option(row: Option<&'a LspState>) -> Pre<'a> {
+        row.map_or(Pre::Inserted, Pre::Known)
+    }
+}
+
+/// What the proxy remembers beyond the rows themselves (its migration timelines), for the
+/// decisions the rows alone cannot make.
+pub trait Memory {
+    /// True when the proxy has finished the in-progress migration of `port` to `destination`
+    /// itself, because the Southbound showed the destination activated (finalize on
+    /// activation), and that migration is still the one in progress.
+    fn finalized(&self, _port: &str, _destination: &str) -> bool {
+        false
+    }
+
+    /// The source of the migration of `port` to `destination` the proxy is following, as it
+    /// saw it when the destination first appeared (or learnt it from the Southbound binding).
+    /// `finished`: the rows say the migration is finished. A migration the proxy saw finish
+    /// followed by rows in progress is a new one: it gets nothing.
+    fn source(&self, _port: &str, _destination: &str, _finished: bool) -> Option<String> {
+        None
+    }
+}
+
+/// No memory: the rows alone decide.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forgetful;
+
+impl Memory for Forgetful {}
+
+/// A `requested-chassis` that names one chassis, other than `final_`: a writer chose where the
+/// port runs (an operator moving it), not a leftover of the migration.
+fn chosen_elsewhere(post: &LspState, final_: &str) -> bool {
+    post.options
+        .get(REQUESTED_CHASSIS)
+        .map(|rc| rc.trim())
+        .is_some_and(|rc| !rc.is_empty() && !rc.contains(',') && rc != final_)
+}
+
+/// The per-row decision, from what is known of the row before the write (`pre`) and the state
+/// the writer's transaction leaves (`post`), with no memory beyond the rows.
 ///
 /// `Ok(None)`: not the policy's business (no tags, and not an abort). `Ok(Some(d))`: the port
 /// should have exactly `d.opts` (which may already be the case). `Err`: a tagged port left alone.
@@ -99,31 +161,57 @@ pub fn desired(
     post: &LspState,
     cfg: &PolicyConfig,
 ) -> Result<Option<Desired>, SkipReason> {
-    desired_with(pre, post, cfg, &|_, _| false)
+    desired_with(Pre::from_option(pre), post, cfg, &Forgetful)
 }
 
-/// `desired`, where `finalized(port, destination)` says the proxy has finished an in-progress
-/// migration itself (see `LspView::finalized`): the port then gets the succeeded options.
+/// `desired`, with what the proxy remembers (`mem`).
+///
+/// * In progress: `src,dst` and the strategy, always (a write that changes them gets them back),
+///   unless the proxy finalized this very migration (`Memory::finalized`): then `dst`.
+/// * Finished (succeeded, failed): the final chassis, no strategy, when the phase is reached and
+///   whenever a write leaves `requested-chassis` absent or listing several chassis. A write that
+///   sets it to one chassis of its own on a port whose migration was already finished is an
+///   operator's choice and stands (`SkipReason::OperatorOverride`).
 pub fn desired_with(
-    pre: Option<&LspState>,
+    pre: Pre<'_>,
     post: &LspState,
     cfg: &PolicyConfig,
-    finalized: &dyn Fn(&str, &str) -> bool,
+    mem: &dyn Memory,
 ) -> Result<Option<Desired>, SkipReason> {
     let tags = Tags::read(&post.external_ids, cfg);
     let Some(dst) = tags.dst else {
-        return Ok(pre.and_then(|pre| abort(pre, post, cfg)));
+        return Ok(match pre {
+            Pre::Known(p) => abort(p, post, cfg, mem),
+            Pre::Inserted | Pre::Unseen => None,
+        });
     };
     let dst = check_name(dst)?;
-    let pre_tags = pre.map(|p| (p, Tags::read(&p.external_ids, cfg)));
+    let pre_tags = match pre {
+        Pre::Known(p) => Some((p, Tags::read(&p.external_ids, cfg))),
+        Pre::Inserted | Pre::Unseen => None,
+    };
     let pre_ref = pre_tags.as_ref().map(|(p, t)| (*p, t));
     let same_state = pre_tags.as_ref().is_some_and(|(_, t)| t.dst == Some(dst) && t.phase == tags.phase);
+    // The write leaves the migration in the stage it was already in (not known to be a change).
+    let continuing = match pre {
+        Pre::Known(_) => same_state,
+        Pre::Unseen => true,
+        Pre::Inserted => false,
+    };
+    let remembered = mem.source(&post.name, dst, tags.phase != Phase::InProgress);
+    let src = || source(&tags, remembered.as_deref(), pre_ref, post);
+    let to = |rc: &str| Opts { requested_chassis: Some(rc.to_owned()), activation_strategy: None };
     let (opts, cause) = match tags.phase {
-        Phase::InProgress if finalized(&post.name, dst) => {
-            (Opts { requested_chassis: Some(dst.to_owned()), activation_strategy: None }, Cause::Finalized)
+        Phase::InProgress if continuing && mem.finalized(&post.name, dst) => {
+            let opts = to(dst);
+            let already = matches!(pre, Pre::Known(p) if Opts::of(&p.options) == opts);
+            return Ok(Some(Desired {
+                opts,
+                cause: if already { Cause::Reasserted } else { Cause::Finalized },
+            }));
         }
         Phase::InProgress => {
-            let src = source(&tags, pre_ref, post)?;
+            let src = src()?;
             if src == dst {
                 return Err(SkipReason::SameChassis);
             }
@@ -138,14 +226,20 @@ pub fn desired_with(
             (opts, Cause::Started)
         }
         Phase::Succeeded => {
-            (Opts { requested_chassis: Some(dst.to_owned()), activation_strategy: None }, Cause::Succeeded)
+            if continuing && chosen_elsewhere(post, dst) {
+                return Err(SkipReason::OperatorOverride);
+            }
+            (to(dst), Cause::Succeeded)
         }
         Phase::Failed => {
-            let src = source(&tags, pre_ref, post)?;
+            let src = src()?;
             if src == dst {
                 return Err(SkipReason::SameChassis);
             }
-            (Opts { requested_chassis: Some(src.to_owned()), activation_strategy: None }, Cause::Failed)
+            if continuing && chosen_elsewhere(post, src) {
+                return Err(SkipReason::OperatorOverride);
+            }
+            (to(src), Cause::Failed)
         }
     };
     let cause = if same_state { Cause::Reasserted } else { cause };
@@ -154,13 +248,14 @@ pub fn desired_with(
 
 /// The destination tag went away while the migration was in progress and the options are still
 /// the proxy's `src,dst`: roll back to the source.
-fn abort(pre: &LspState, post: &LspState, cfg: &PolicyConfig) -> Option<Desired> {
+fn abort(pre: &LspState, post: &LspState, cfg: &PolicyConfig, mem: &dyn Memory) -> Option<Desired> {
     let tags = Tags::read(&pre.external_ids, cfg);
     if tags.phase != Phase::InProgress {
         return None;
     }
     let dst = check_name(tags.dst?).ok()?;
-    let src = source(&tags, None, pre).ok()?;
+    let remembered = mem.source(&pre.name, dst, false);
+    let src = source(&tags, remembered.as_deref(), None, pre).ok()?;
     if src == dst || post.options.get(REQUESTED_CHASSIS) != Some(&format!("{src},{dst}")) {
         return None;
     }
@@ -200,35 +295,44 @@ pub(crate) fn where_uuid(target: &UuidRef) -> Value {
     json!([["_uuid", "==", target.to_json()]])
 }
 
-/// A fix-up for a row seen on the monitor (written by something that bypassed the proxy):
-/// `wait` that options and external_ids are still exactly as seen, then `mutate` the two keys,
-/// then a `comment`. Without a database name. `None`: nothing to do, or a port left alone.
-/// `pre` is the row as the monitor showed it before this change, when known: it gives the
-/// source of a migration in progress and makes aborts visible, as for a client transaction.
+/// A fix-up of one row: a `wait` that its `options` and `external_ids` are still exactly as
+/// seen, then a `mutate` of the two keys. The monitor batches the fixes of several rows into one
+/// transaction, after an `assert` of its lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fix {
+    pub ops: [Value; 2],
+    pub change: Change,
+}
+
+/// The fix-up for a row seen on the monitor (written by something that bypassed the proxy, or
+/// finished by the proxy itself). `Ok(None)`: nothing to do. `Err`: a tagged port left alone.
+/// `pre` is what the monitor showed before this change, when known: it gives the source of a
+/// migration in progress and makes aborts visible, as for a client transaction.
 pub fn plan_reconcile(
-    pre: Option<&LspState>,
+    pre: Pre<'_>,
     row: &LspState,
     cfg: &PolicyConfig,
-    finalized: &dyn Fn(&str, &str) -> bool,
-) -> Option<(Vec<Value>, Change)> {
-    let want = desired_with(pre, row, cfg, finalized).ok().flatten()?;
+    mem: &dyn Memory,
+) -> Result<Option<Fix>, SkipReason> {
+    let Some(want) = desired_with(pre, row, cfg, mem)? else { return Ok(None) };
     let before = Opts::of(&row.options);
     if before == want.opts || row.uuid.is_empty() {
-        return None;
+        return Ok(None);
     }
     let where_ = where_uuid(&UuidRef::Uuid(row.uuid.clone()));
     let as_pairs = |m: &StrMap| map_json(m.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let port = port_label(row, None);
-    let ops = vec![
+    let ops = [
         json!({
             "op": "wait", "table": LSP_TABLE, "timeout": 0, "where": where_.clone(),
             "columns": ["options", "external_ids"], "until": "==",
             "rows": [{"options": as_pairs(&row.options), "external_ids": as_pairs(&row.external_ids)}],
         }),
         mutate_op(where_, &want.opts),
-        json!({"op": "comment", "comment": format!("ovn-nb-proxy: reconcile {port}")}),
     ];
-    Some((ops, Change { port, before, after: want.opts, cause: want.cause }))
+    Ok(Some(Fix {
+        ops,
+        change: Change { port: port_label(row, None), before, after: want.opts, cause: want.cause },
+    }))
 }
 
 #[cfg(test)]
@@ -450,18 +554,37 @@ mod tests {
         assert_eq!(desired(None, &row(&[(RC, "hv1")], &[(DST, "hv2")]), &cfg), Ok(None));
     }
 
+    /// A memory with one finalized migration (p1 → hv2) and one remembered source (p1 → hv2
+    /// from hv1).
+    struct Remembers {
+        finalized: bool,
+        source: Option<&'static str>,
+    }
+
+    impl Memory for Remembers {
+        fn finalized(&self, port: &str, dst: &str) -> bool {
+            self.finalized && port == "p1" && dst == "hv2"
+        }
+        fn source(&self, port: &str, dst: &str, _finished: bool) -> Option<String> {
+            self.source.filter(|_| port == "p1" && dst == "hv2").map(String::from)
+        }
+    }
+
+    fn fix(pre: Pre, r: &LspState, mem: &dyn Memory) -> Fix {
+        plan_reconcile(pre, r, &PolicyConfig::default(), mem).expect("not skipped").expect("needs a fix")
+    }
+
     #[test]
     fn reconcile_is_conditional() {
-        let cfg = PolicyConfig::default();
         let r = row(&[(RC, "hv1"), ("foo", "bar")], &[(DST, "hv2")]);
-        let (ops, change) = plan_reconcile(None, &r, &cfg, &|_, _| false).expect("needs a fix");
+        let Fix { ops, change } = fix(Pre::Unseen, &r, &Forgetful);
         assert_eq!(change.cause, Cause::Started);
         assert_eq!(change.before, opts(Some("hv1"), None));
         assert_eq!(change.after, opts(Some("hv1,hv2"), Some("rarp")));
         let where_ = json!([["_uuid", "==", ["uuid", "u1"]]]);
         assert_eq!(
             ops,
-            vec![
+            [
                 json!({"op": "wait", "table": "Logical_Switch_Port", "timeout": 0, "where": where_,
                     "columns": ["options", "external_ids"], "until": "==",
                     "rows": [{"options": ["map", [["foo", "bar"], ["requested-chassis", "hv1"]]],
@@ -469,7 +592,6 @@ mod tests {
                 json!({"op": "mutate", "table": "Logical_Switch_Port", "where": where_,
                     "mutations": [["options", "delete", ["set", ["requested-chassis", "activation-strategy"]]],
                                   ["options", "insert", ["map", [["requested-chassis", "hv1,hv2"], ["activation-strategy", "rarp"]]]]]}),
-                json!({"op": "comment", "comment": "ovn-nb-proxy: reconcile p1"}),
             ]
         );
     }
@@ -478,55 +600,194 @@ mod tests {
     fn reconcile_leaves_alone() {
         let cfg = PolicyConfig::default();
         let cases = [
-            ("already right", row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2")])),
-            ("untagged", row(&[(RC, "hv1")], &[])),
-            ("skip", row(&[(RC, "hv2")], &[(DST, "hv2")])),
+            ("already right", row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2")]), Ok(None)),
+            ("untagged", row(&[(RC, "hv1")], &[]), Ok(None)),
+            ("skip", row(&[(RC, "hv2")], &[(DST, "hv2")]), Err(SkipReason::SameChassis)),
             // No pre-state: a removed destination tag is not an abort for the reconciler.
-            ("no abort", row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[])),
-            ("done", row(&[(RC, "hv2")], &[(DST, "hv2"), (PHASE, "succeeded")])),
-            ("rolled back", row(&[(RC, "hv1")], &[(DST, "hv2"), (PHASE, "failed")])),
+            ("no abort", row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[]), Ok(None)),
+            ("done", row(&[(RC, "hv2")], &[(DST, "hv2"), (PHASE, "succeeded")]), Ok(None)),
+            ("rolled back", row(&[(RC, "hv1")], &[(DST, "hv2"), (PHASE, "failed")]), Ok(None)),
+            ("source lost", row(&[("foo", "bar")], &[(DST, "hv2")]), Err(SkipReason::NoSource)),
+            (
+                "moved after success",
+                row(&[(RC, "hv3")], &[(DST, "hv2"), (PHASE, "succeeded")]),
+                Err(SkipReason::OperatorOverride),
+            ),
         ];
-        for (name, r) in cases {
-            assert_eq!(plan_reconcile(None, &r, &cfg, &|_, _| false), None, "{name}");
+        for (name, r, want) in cases {
+            assert_eq!(plan_reconcile(Pre::Unseen, &r, &cfg, &Forgetful), want, "{name}");
         }
         let mut no_uuid = row(&[(RC, "hv1")], &[(DST, "hv2")]);
         no_uuid.uuid.clear();
-        assert_eq!(plan_reconcile(None, &no_uuid, &cfg, &|_, _| false), None);
+        assert_eq!(plan_reconcile(Pre::Unseen, &no_uuid, &cfg, &Forgetful), Ok(None));
     }
 
     #[test]
     fn finalized_migrations_get_the_succeeded_options() {
         let cfg = PolicyConfig::default();
+        let mem = Remembers { finalized: true, source: None };
         let migrating = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2")]);
-        let fin = |p: &str, d: &str| p == "p1" && d == "hv2";
-        let got = desired_with(None, &migrating, &cfg, &fin).expect("ok").expect("migrating");
+        let got = desired_with(Pre::Unseen, &migrating, &cfg, &mem).expect("ok").expect("migrating");
         assert_eq!(got.opts, opts(Some("hv2"), None));
         assert_eq!(got.cause, Cause::Finalized);
+        // The proxy's own finalize write: the same row before and after, cause finalized.
+        let Fix { change, .. } = fix(Pre::Known(&migrating), &migrating, &mem);
+        assert_eq!((change.after, change.cause), (opts(Some("hv2"), None), Cause::Finalized));
+        // Once finalized, a write that brings back src,dst is a reassert.
+        let finalized = row(&[(RC, "hv2")], &[(DST, "hv2")]);
+        let got =
+            desired_with(Pre::Known(&finalized), &migrating, &cfg, &mem).expect("ok").expect("migrating");
+        assert_eq!((got.opts, got.cause), (opts(Some("hv2"), None), Cause::Reasserted));
         // another destination is not finalized
         let other = row(&[(RC, "hv1,hv3"), (AS, "rarp")], &[(DST, "hv3")]);
-        let got = desired_with(None, &other, &cfg, &fin).expect("ok").expect("migrating");
+        let got = desired_with(Pre::Unseen, &other, &cfg, &mem).expect("ok").expect("migrating");
         assert_eq!(got.opts, opts(Some("hv1,hv3"), Some("rarp")));
         // the CMS's own verdict still wins
         let failed = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2"), (PHASE, "failed")]);
-        let got = desired_with(None, &failed, &cfg, &fin).expect("ok").expect("migrating");
+        let got = desired_with(Pre::Unseen, &failed, &cfg, &mem).expect("ok").expect("migrating");
         assert_eq!(got.opts, opts(Some("hv1"), None));
-        // and the reconciler applies it
-        let (_, change) = plan_reconcile(None, &migrating, &cfg, &fin).expect("finalize");
-        assert_eq!(change.after, opts(Some("hv2"), None));
+        // even once finalized (requested-chassis=dst): the source comes from the memory
+        let mem = Remembers { finalized: true, source: Some("hv1") };
+        let failed_after = row(&[(RC, "hv2")], &[(DST, "hv2"), (PHASE, "failed")]);
+        let got = desired_with(Pre::Known(&finalized), &failed_after, &cfg, &mem).expect("ok").expect("migrating");
+        assert_eq!((got.opts, got.cause), (opts(Some("hv1"), None), Cause::Failed));
+    }
+
+    #[test]
+    fn a_new_migration_to_a_finalized_destination_is_not_finalized() {
+        let cfg = PolicyConfig::default();
+        // The memory still holds the last migration as finalized (the monitor is one round
+        // trip behind the CMS's writes): only this migration's own state may use it.
+        let mem = Remembers { finalized: true, source: None };
+        let retry = row(&[(RC, "hv1")], &[(DST, "hv2")]);
+        let after_rollback = row(&[(RC, "hv1")], &[(DST, "hv2"), (PHASE, "failed")]);
+        let untagged = row(&[(RC, "hv1")], &[]);
+        for (name, pre) in [
+            ("after a rollback", Pre::Known(&after_rollback)),
+            ("after tags cleared", Pre::Known(&untagged)),
+            ("inserted", Pre::Inserted),
+        ] {
+            let got = desired_with(pre, &retry, &cfg, &mem).expect("ok").expect("migrating");
+            assert_eq!(
+                (got.opts, got.cause),
+                (opts(Some("hv1,hv2"), Some("rarp")), Cause::Started),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_remembered_source_comes_before_the_rows() {
+        let cfg = PolicyConfig::default();
+        let mem = Remembers { finalized: false, source: Some("hv1") };
+        // An unaware writer left requested-chassis=hv9 around the proxy; a client transaction
+        // planned on that cache row must not take hv9 for the source.
+        let pre = row(&[(RC, "hv9")], &[(DST, "hv2")]);
+        let post = row(&[(RC, "hv9"), ("x", "1")], &[(DST, "hv2")]);
+        let got = desired_with(Pre::Known(&pre), &post, &cfg, &mem).expect("ok").expect("migrating");
+        assert_eq!(got.opts, opts(Some("hv1,hv2"), Some("rarp")));
+        // The source lost from every row: the memory still has it (the Southbound gave it).
+        let lost = row(&[("foo", "bar")], &[(DST, "hv2")]);
+        let Fix { change, .. } = fix(Pre::Unseen, &lost, &mem);
+        assert_eq!(change.after, opts(Some("hv1,hv2"), Some("rarp")));
+        // The source tag still comes first.
+        let tagged = row(&[], &[(DST, "hv2"), (SRC, "hv5")]);
+        let got = desired_with(Pre::Unseen, &tagged, &cfg, &mem).expect("ok").expect("migrating");
+        assert_eq!(got.opts, opts(Some("hv5,hv2"), Some("rarp")));
+        // An abort uses it too.
+        let migrating = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2")]);
+        let aborted = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[]);
+        let got = desired_with(Pre::Known(&migrating), &aborted, &cfg, &mem).expect("ok").expect("abort");
+        assert_eq!((got.opts, got.cause), (opts(Some("hv1"), None), Cause::Aborted));
+    }
+
+    #[test]
+    fn an_operator_may_move_a_port_whose_migration_finished() {
+        let cfg = PolicyConfig::default();
+        let done = row(&[(RC, "hv2")], &[(DST, "hv2"), (PHASE, "succeeded")]);
+        let rolled_back = row(&[(RC, "hv1")], &[(DST, "hv2"), (SRC, "hv1"), (PHASE, "failed")]);
+        let in_progress = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2"), (SRC, "hv1")]);
+        let with = |base: &LspState, options: &[(&str, &str)]| LspState {
+            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..base.clone()
+        };
+        type Want<'a> = Result<Option<(Option<&'a str>, Option<&'a str>)>, SkipReason>;
+        let cases: Vec<(&str, Pre, LspState, Want)> = vec![
+            (
+                "evacuation after success",
+                Pre::Known(&done),
+                with(&done, &[(RC, "hv3")]),
+                Err(SkipReason::OperatorOverride),
+            ),
+            (
+                "evacuation after a rollback",
+                Pre::Known(&rolled_back),
+                with(&rolled_back, &[(RC, " hv3 ")]),
+                Err(SkipReason::OperatorOverride),
+            ),
+            (
+                "seen first, moved",
+                Pre::Unseen,
+                with(&done, &[(RC, "hv3")]),
+                Err(SkipReason::OperatorOverride),
+            ),
+            // Not a choice of a chassis: the final state comes back.
+            (
+                "requested-chassis dropped",
+                Pre::Known(&done),
+                with(&done, &[("foo", "bar")]),
+                Ok(Some((Some("hv2"), None))),
+            ),
+            (
+                "both chassis again",
+                Pre::Known(&done),
+                with(&done, &[(RC, "hv1,hv2")]),
+                Ok(Some((Some("hv2"), None))),
+            ),
+            (
+                "strategy added",
+                Pre::Known(&done),
+                with(&done, &[(RC, "hv2"), (AS, "rarp")]),
+                Ok(Some((Some("hv2"), None))),
+            ),
+            // The phase reached in this very write: the final state, whatever else it says.
+            (
+                "success written with a stale chassis",
+                Pre::Known(&in_progress),
+                {
+                    let mut r = with(&done, &[(RC, "hv1")]);
+                    r.external_ids.insert(SRC.into(), "hv1".into());
+                    r
+                },
+                Ok(Some((Some("hv2"), None))),
+            ),
+            ("inserted finished", Pre::Inserted, with(&done, &[(RC, "hv3")]), Ok(Some((Some("hv2"), None)))),
+            // In progress: never the writer's.
+            (
+                "moved while in progress",
+                Pre::Known(&in_progress),
+                with(&in_progress, &[(RC, "hv3")]),
+                Ok(Some((Some("hv1,hv2"), Some("rarp")))),
+            ),
+        ];
+        for (name, pre, post, want) in cases {
+            let got = desired_with(pre, &post, &cfg, &Forgetful).map(|d| d.map(|d| d.opts));
+            let want = want.map(|o| o.map(|(rc, s)| opts(rc, s)));
+            assert_eq!(got, want, "case {name}");
+        }
     }
 
     #[test]
     fn reconcile_with_the_monitors_pre_state() {
-        let cfg = PolicyConfig::default();
         // A bypassing unaware writer replaced requested-chassis on a migrating port: the
         // source comes from the state before that write, not from the overwritten value.
         let pre = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[(DST, "hv2")]);
         let post = row(&[(RC, "hv9")], &[(DST, "hv2")]);
-        let (_, change) = plan_reconcile(Some(&pre), &post, &cfg, &|_, _| false).expect("fix");
+        let Fix { change, .. } = fix(Pre::Known(&pre), &post, &Forgetful);
         assert_eq!(change.after, opts(Some("hv1,hv2"), Some("rarp")));
         // The destination tag removed around the proxy while in progress: an abort.
         let aborted = row(&[(RC, "hv1,hv2"), (AS, "rarp")], &[]);
-        let (_, change) = plan_reconcile(Some(&pre), &aborted, &cfg, &|_, _| false).expect("abort");
+        let Fix { change, .. } = fix(Pre::Known(&pre), &aborted, &Forgetful);
         assert_eq!(change.after, opts(Some("hv1"), None));
         assert_eq!(change.cause, Cause::Aborted);
     }

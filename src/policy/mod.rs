@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use config::{load_toml, ConfigError, FileConfig, PolicyConfig};
-pub use decide::{desired, desired_with, plan_reconcile, Desired};
+pub use decide::{desired, desired_with, plan_reconcile, Desired, Fix, Forgetful, Memory, Pre};
 pub use reply::map_result;
 pub use txn::plan_transact;
 
@@ -44,18 +44,15 @@ pub struct LspState {
     pub external_ids: BTreeMap<String, String>,
 }
 
-/// Read access to the proxy's copy of the `Logical_Switch_Port` table (pre-transaction state).
-pub trait LspView {
+/// Read access to the proxy's copy of the `Logical_Switch_Port` table (pre-transaction state),
+/// and to what it remembers of migrations ([`Memory`]).
+pub trait LspView: Memory {
     fn by_uuid(&self, uuid: &str) -> Option<LspState>;
     fn by_name(&self, name: &str) -> Option<LspState>;
     fn all(&self) -> Vec<LspState>;
-    /// True when the proxy has finished the in-progress migration of `port` to `destination`
-    /// itself, because the Southbound showed the destination activated (finalize on
-    /// activation). Such a port is treated as succeeded until its tags change.
-    fn finalized(&self, _port: &str, _destination: &str) -> bool {
-        false
-    }
 }
+
+impl Memory for [LspState] {}
 
 /// A linear-scan view, handy for small tests.
 impl LspView for [LspState] {
@@ -85,6 +82,8 @@ impl StaticView {
         StaticView { rows, by_uuid, by_name }
     }
 }
+
+impl Memory for StaticView {}
 
 impl LspView for StaticView {
     fn by_uuid(&self, uuid: &str) -> Option<LspState> {
@@ -173,6 +172,9 @@ pub enum SkipReason {
     NoSource,
     /// An op whose `where` the policy cannot evaluate may write this port's options or tags.
     UnresolvedWhere,
+    /// The migration is finished and a writer set `requested-chassis` to one chassis of its own
+    /// (an operator moving the port): the writer's choice stands.
+    OperatorOverride,
 }
 
 impl SkipReason {
@@ -182,6 +184,7 @@ impl SkipReason {
             SkipReason::SameChassis => "same_chassis",
             SkipReason::NoSource => "no_source",
             SkipReason::UnresolvedWhere => "unresolved_where",
+            SkipReason::OperatorOverride => "operator_override",
         }
     }
 }
@@ -203,6 +206,9 @@ pub struct Change {
 pub struct Skip {
     pub port: String,
     pub reason: SkipReason,
+    /// For `OperatorOverride`: the `requested-chassis` the writer chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
 }
 
 /// Why a transaction was forwarded without being looked at (the server judges it).
@@ -223,6 +229,10 @@ pub struct Plan {
     /// Ops sent upstream: `client_ops` plus the ops the proxy appended.
     pub upstream_ops: usize,
     pub changes: Vec<Change>,
+    /// For each op the proxy appended, in order, the index in `changes` of the change it makes.
+    /// An appended op on an existing row is conditional on the state the proxy assumed: a
+    /// result of `{"count": 0}` means the row was not as its cache said, and nothing changed.
+    pub appended: Vec<usize>,
     pub skips: Vec<Skip>,
     /// Set when the transaction has a shape the policy does not understand.
     pub unhandled: Option<Unhandled>,
@@ -236,6 +246,7 @@ impl Plan {
             client_ops,
             upstream_ops: client_ops,
             changes: Vec::new(),
+            appended: Vec::new(),
             skips: Vec::new(),
             unhandled: None,
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::decide::{desired_with, mutate_op, option_mutations, port_label, where_uuid};
+use super::decide::{desired_with, mutate_op, option_mutations, port_label, where_uuid, Pre};
 use super::value::{
     is_map, map_json, map_pairs, parse_str_map, parse_str_scalar, parse_str_set, parse_uuid, Malformed,
     StrMap, UuidRef,
@@ -569,16 +569,18 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
         let port = || port_label(&w.cur, w.named.as_deref());
         if w.tainted {
             if w.ever_tagged {
-                plan.skips.push(Skip { port: port(), reason: SkipReason::UnresolvedWhere });
+                plan.skips.push(Skip { port: port(), reason: SkipReason::UnresolvedWhere, chosen: None });
             }
             continue;
         }
-        let finalized = |port: &str, dst: &str| view.finalized(port, dst);
-        let want = match desired_with(w.pre.as_ref(), &w.cur, cfg, &finalized) {
+        let want = match desired_with(Pre::from_option(w.pre.as_ref()), &w.cur, cfg, view) {
             Ok(Some(want)) => want,
             Ok(None) => continue,
             Err(reason) => {
-                plan.skips.push(Skip { port: port(), reason });
+                let chosen = (reason == SkipReason::OperatorOverride)
+                    .then(|| w.cur.options.get(REQUESTED_CHASSIS).cloned())
+                    .flatten();
+                plan.skips.push(Skip { port: port(), reason, chosen });
                 continue;
             }
         };
@@ -619,11 +621,12 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
                     json!([["name", "==", w.cur.name]])
                 }
                 (None, None, true) => {
-                    plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere });
+                    plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere, chosen: None });
                     continue;
                 }
             };
             appended.push(mutate_op(where_, &want.opts));
+            plan.appended.push(plan.changes.len());
         }
         plan.changes.push(Change { port, before, after: want.opts, cause: want.cause });
     }

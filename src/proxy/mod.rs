@@ -8,6 +8,7 @@ mod cluster;
 mod http;
 mod listener;
 mod monitor;
+mod reconciler;
 mod session;
 mod unixctl;
 mod upstream;
@@ -16,12 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 pub use listener::{BoundAddr, ListenError, Listener};
+pub use monitor::Poke;
 pub use upstream::{Pick, UpstreamError, Upstreams};
 
 use crate::cache::LspCache;
@@ -50,8 +52,15 @@ pub struct Config {
     pub dry_run: bool,
     /// Southbound database(s) to watch for the migration timelines (empty: not SB-aware).
     pub sb: Vec<Active>,
-    /// Finish a migration as soon as the SB shows the destination activated.
+    /// Finish a migration as soon as the SB shows the destination activated (`--finalize-on-activation`;
+    /// the config file's key is read from `policy`, and reloaded).
     pub finalize_on_activation: bool,
+    /// The proxy's own monitor connections send an echo after this long without hearing from
+    /// the database, and give the connection up after twice as long.
+    pub inactivity_probe: Duration,
+    /// How long a client transaction on ports may be held while the port cache is not
+    /// synchronised; past it the session is closed.
+    pub sync_timeout: Duration,
     /// The `ovs-appctl` control socket.
     pub unixctl: Option<std::path::PathBuf>,
     /// Session transcripts.
@@ -77,19 +86,39 @@ pub struct Shared {
     /// Swapped whole on SIGHUP; readers take a cheap `Arc` clone.
     policy: std::sync::RwLock<Arc<PolicyConfig>>,
     pub dry_run: bool,
-    pub finalize: bool,
+    /// `--finalize-on-activation` (the config file may turn it on too).
+    finalize_flag: bool,
+    /// `--sb-db` given: activations can be seen (finalize needs it), sources recovered.
+    pub sb_watched: bool,
     pub metrics: Arc<Metrics>,
+    /// Woken when the port cache becomes synchronised: sessions holding a transaction wait on it.
+    synced: Notify,
+    /// Woken when a client session has reached the database: a monitor waiting out a backoff
+    /// tries again at once.
+    pub upstream_up: Notify,
+    /// Requests to the NB monitor to look at ports again (and its receiving end, taken once).
+    pokes: mpsc::Sender<Poke>,
+    pokes_rx: std::sync::Mutex<Option<mpsc::Receiver<Poke>>>,
+    /// The transcript writer (`--record`).
+    pub recorder: Option<Arc<crate::record::RecordSink>>,
 }
 
 impl Shared {
-    pub fn new(policy: PolicyConfig, dry_run: bool, finalize: bool) -> Self {
+    pub fn new(policy: PolicyConfig, dry_run: bool, finalize_flag: bool, sb_watched: bool) -> Self {
+        let (pokes, rx) = mpsc::channel(4096);
         Shared {
             cache: Arc::new(LspCache::new()),
             timelines: Timelines::new(),
             policy: std::sync::RwLock::new(Arc::new(policy)),
             dry_run,
-            finalize,
+            finalize_flag,
+            sb_watched,
             metrics: Arc::new(Metrics::new()),
+            synced: Notify::new(),
+            upstream_up: Notify::new(),
+            pokes,
+            pokes_rx: std::sync::Mutex::new(Some(rx)),
+            recorder: None,
         }
     }
 
@@ -98,20 +127,81 @@ impl Shared {
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Replaces the policy configuration (SIGHUP); sessions pick it up at their next message.
-    pub fn set_policy(&self, policy: PolicyConfig) {
+    /// Replaces the policy configuration (SIGHUP); sessions pick it up at their next message,
+    /// and the reconciler looks at every tagged port again (the tag names may have changed). A
+    /// configuration the proxy cannot honour is refused whole.
+    pub fn set_policy(&self, policy: PolicyConfig) -> Result<(), String> {
+        if policy.finalize_on_activation && !self.sb_watched {
+            return Err(
+                "finalize-on-activation needs --sb-db: the proxy learns of activations from the Southbound"
+                    .into(),
+            );
+        }
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.poke(Poke::Everything);
+        Ok(())
+    }
+
+    /// Whether the proxy finishes migrations on activation (flag or config file, with `--sb-db`).
+    pub fn finalize(&self) -> bool {
+        self.sb_watched && (self.finalize_flag || self.policy().finalize_on_activation)
+    }
+
+    /// Asks the NB monitor to look at ports again (dropped if its queue is full: the ports'
+    /// next change is looked at anyway).
+    pub fn poke(&self, poke: Poke) {
+        if self.pokes.try_send(poke).is_err() {
+            warn!("the reconciler's queue of requests is full; the ports' next change is looked at");
+        }
+    }
+
+    fn take_pokes(&self) -> mpsc::Receiver<Poke> {
+        let mut rx = self.pokes_rx.lock().unwrap_or_else(|e| e.into_inner());
+        rx.take().unwrap_or_else(|| mpsc::channel(1).1)
+    }
+
+    /// The port cache holds a complete initial monitor reply: wake the sessions waiting for it.
+    pub fn mark_synced(&self) {
+        self.synced.notify_waiters();
+    }
+
+    pub fn set_unsynced(&self) {
+        self.cache.set_unsynced();
+    }
+
+    /// Waits until the port cache is synchronised, `within` at most; whether it is.
+    pub async fn wait_synced(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.synced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.cache.is_synced() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.cache.is_synced();
+            }
+        }
     }
 
     /// The Prometheus text of every metric, with the gauges computed at scrape time.
     pub fn encode_metrics(&self) -> String {
         self.metrics.migrations_in_progress.set(self.timelines.in_progress() as i64);
+        self.metrics.migrations_source_unknown.set(self.timelines.unknown_source() as i64);
+        if let Some(r) = &self.recorder {
+            let dropped = r.dropped();
+            let counted = self.metrics.record_lines_dropped.get();
+            if dropped > counted {
+                self.metrics.record_lines_dropped.inc_by(dropped - counted);
+            }
+        }
         self.metrics.encode()
     }
 
-    /// What the policy sees: the port cache, plus the ports the proxy has finalized.
+    /// What the policy sees: the port cache, and what the timelines remember.
     pub fn view(&self) -> PortsView<'_> {
-        PortsView { cache: &self.cache, timelines: self.finalize.then_some(&self.timelines) }
+        PortsView { cache: &self.cache, timelines: &self.timelines, finalize: self.finalize() }
     }
 }
 
@@ -128,6 +218,8 @@ impl Config {
             dry_run: false,
             sb: Vec::new(),
             finalize_on_activation: false,
+            inactivity_probe: Duration::from_secs(5),
+            sync_timeout: Duration::from_secs(10),
             unixctl: None,
             record: None,
             metrics: None,
@@ -158,8 +250,16 @@ impl Proxy {
         for p in &cfg.listen {
             listeners.push(Listener::bind(p, cfg.tls.as_ref()).await?);
         }
-        let finalize = cfg.finalize_on_activation && !cfg.sb.is_empty();
-        let shared = Arc::new(Shared::new(cfg.policy.clone(), cfg.dry_run, finalize));
+        let mut shared =
+            Shared::new(cfg.policy.clone(), cfg.dry_run, cfg.finalize_on_activation, !cfg.sb.is_empty());
+        if let Some(rc) = &cfg.record {
+            let sink = crate::record::RecordSink::start(rc.clone()).map_err(|source| ListenError::Bind {
+                remote: format!("record directory {}", rc.dir.display()),
+                source,
+            })?;
+            shared.recorder = Some(sink);
+        }
+        let shared = Arc::new(shared);
         let unixctl = match &cfg.unixctl {
             Some(path) => Some(unixctl::bind(path).await?),
             None => None,
@@ -197,14 +297,24 @@ impl Proxy {
         let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
         let next_id = Arc::new(AtomicU64::new(1));
         tracker.spawn(probe_upstream(self.nb.clone(), shutdown.clone()));
-        monitor::spawn(
+        match monitor::spawn(
             self.nb.clone(),
             self.sb.clone(),
             self.cfg.reconciler_lock.clone(),
             self.shared.clone(),
-            &tracker,
+            self.cfg.inactivity_probe,
             shutdown.clone(),
-        );
+        ) {
+            Ok(stopped) => {
+                tracker.spawn(async move {
+                    let _ = stopped.await;
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the monitor thread: stopping");
+                shutdown.cancel();
+            }
+        }
         if let Some(tls) = &self.cfg.tls {
             tracker.spawn(tls.clone().watch(Duration::from_secs(2), shutdown.clone()));
         }
@@ -214,7 +324,6 @@ impl Proxy {
                 upstreams: self.cfg.upstreams.iter().map(ToString::to_string).collect(),
                 sb: self.cfg.sb.iter().map(ToString::to_string).collect(),
                 dry_run: self.cfg.dry_run,
-                finalize: self.shared.finalize,
                 log: self.cfg.log_control.clone(),
                 upstream_state: Some(self.nb.clone()),
             };
@@ -281,6 +390,9 @@ impl Proxy {
             );
             hard.cancel();
             sessions.wait().await;
+        }
+        if let Some(r) = &self.shared.recorder {
+            r.stop();
         }
     }
 }

@@ -1,18 +1,27 @@
-//! The proxy's own upstream connections, each holding one `monitor_cond`:
+//! The proxy's own upstream connections, each holding one `monitor_cond`, all run on a thread
+//! of their own (so that loading 100 000 ports, or planning thousands of fixes, never delays a
+//! client session):
 //!
 //! * NB `Logical_Switch_Port` feeds the port cache and the NB side of the migration timelines,
-//!   and drives the reconciler, which fixes ports tagged by writers that bypassed the proxy
-//!   (another CMS instance, `ovn-nbctl` on the database host, writes made while the proxy was
-//!   down), and finishes migrations the SB shows activated when finalize-on-activation is on.
-//! * SB `Port_Binding` + `Chassis` (only with `--sb-db`) feeds the SB side of the timelines.
+//!   and drives the [reconciler](super::reconciler).
+//! * SB `Port_Binding` + `Chassis` (only with `--sb-db`) feeds the SB side of the timelines,
+//!   finishes migrations the SB shows activated (finalize on activation), and recovers the
+//!   source of a migration the proxy cannot otherwise know.
+//! * one `_Server` watch per member of a cluster.
 //!
-//! **Invariant**: the reconciler never overwrites blindly. Each of its transactions starts with
-//! a `wait` that the row's `options` and `external_ids` are still what the cache says; if a
-//! concurrent write got there first, the transaction fails and the row is looked at again.
+//! **Invariant: no connection of ours waits on a peer that waits on us.** Each connection reads
+//! while it writes (the writer is a task of its own, fed by a queue), so the server's replies
+//! are always drained and ovsdb-server (which stops reading a client with unsent replies) never
+//! stops reading us. What we queue is bounded: echo replies, our probe, and at most
+//! `IN_FLIGHT` reconcile transactions.
+//!
+//! **Invariant: a silent server is noticed.** With nothing received for `--inactivity-probe`,
+//! the connection sends an echo of its own; with nothing for twice that, it is given up (the
+//! cache is marked not synchronised, `/readyz` says 503) and opened again at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use serde::de::IgnoredAny;
@@ -25,20 +34,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::cluster::ServerWatch;
+use super::reconciler::{Answer, Reconciler};
 use super::upstream::{BoxIo, Pick, Upstreams};
 use super::Shared;
 use crate::cache::{sb, SbCache, Touched, COLUMNS};
-use crate::policy::{plan_reconcile, LspState, LSP_TABLE, NB_DB};
-use crate::rewrite::{audit, Audit};
-use crate::timeline::{Phase, Stage};
+use crate::policy::{Pre, LSP_TABLE, NB_DB};
+use crate::timeline::Stage;
 use crate::wire::{Envelope, FrameCodec};
 
 /// The id of the monitor request on each of our connections; our own requests count from 1.
 const MONITOR_REQ_ID: u64 = 0;
+/// The id of our own echo probe (not `"echo"`: never confused with the server's).
+const PROBE_ID: &str = "ovn-nb-proxy-probe";
 /// The monitor connection's read buffer, kept between messages.
 const READ_BUF: usize = 64 * 1024;
-/// Consecutive failed reconciles of one row before the reconciler waits for the next update.
-const MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 enum MonitorError {
@@ -52,6 +61,8 @@ enum MonitorError {
     Refused(String),
     #[error("{0}")]
     BadUpdate(String),
+    #[error("nothing received from the database for {0:?}, not even a reply to the proxy's echo")]
+    Stalled(Duration),
 }
 
 impl From<crate::cache::BadUpdate> for MonitorError {
@@ -65,14 +76,27 @@ fn value(raw: &RawValue) -> Result<Value, MonitorError> {
     serde_json::from_str(raw.get()).map_err(|e| MonitorError::BadUpdate(format!("unreadable update: {e}")))
 }
 
-/// A request a handler wants sent on its connection (the loop gives it an id).
-struct Req {
+/// A request a handler wants sent on its connection (the loop gives it an id); `token` comes
+/// back with the reply.
+pub(super) struct Req {
     method: &'static str,
     params: Value,
+    token: Token,
 }
 
-fn transact(params: Value) -> Req {
-    Req { method: "transact", params }
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    Lock,
+    Batch(u64),
+}
+
+/// Something outside the NB monitor asks it to look again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poke {
+    /// At one port (the SB showed it activated, or gave its source).
+    Port(String),
+    /// At every tagged port (the policy config changed).
+    Everything,
 }
 
 /// What one monitor connection does with what it receives. Each method returns the requests
@@ -84,31 +108,34 @@ trait Handler {
     /// The monitor reply's `result` and each `update2`'s `<table-updates2>`, as JSON text.
     fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError>;
     fn update(&mut self, updates: &RawValue) -> Result<Vec<Req>, MonitorError>;
-    /// A reply to one of the handler's own requests (`request` is what was sent).
-    fn reply(&mut self, _request: &Value, _reply: &Value) -> Vec<Req> {
+    /// The reply to one of the handler's own requests.
+    fn reply(&mut self, _token: Token, _reply: &Value) -> Vec<Req> {
         Vec::new()
     }
     /// A notification other than `update2` (`locked`, `stolen`).
     fn notification(&mut self, _method: &str, _params: &Value) -> Vec<Req> {
         Vec::new()
     }
-    /// Something outside asks to look at `key` again.
-    fn poke(&mut self, _key: String) -> Vec<Req> {
+    fn poke(&mut self, _poke: Poke) -> Vec<Req> {
         Vec::new()
     }
     fn disconnected(&mut self) {}
     fn reconnected(&mut self) {}
 }
 
-/// Keeps one monitor connection up (reconnecting with backoff, resynchronising each time).
+/// Keeps one monitor connection up. A connection lost is opened again at once; only while the
+/// database cannot be reached does it back off (100 ms doubling to 2 s), and a client session
+/// that just reached the database cuts the wait short.
 async fn run<H: Handler>(
     upstreams: Arc<Upstreams>,
     pick: Pick,
     mut h: H,
-    mut pokes: mpsc::Receiver<String>,
+    mut pokes: mpsc::Receiver<Poke>,
+    shared: Arc<Shared>,
+    probe: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(250);
+    let mut delay = Duration::from_millis(100);
     let mut lost = false;
     loop {
         match upstreams.connect(pick).await {
@@ -118,18 +145,19 @@ async fn run<H: Handler>(
                     h.reconnected();
                 }
                 lost = true;
-                delay = Duration::from_millis(250);
+                delay = Duration::from_millis(100);
                 let demoted = link.demoted.clone().unwrap_or_default();
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     // The monitor follows the leader (its writes need the leader's lock).
                     _ = demoted.cancelled(), if pick == Pick::Leader => Ok(()),
-                    r = session(link.io, &mut h, &mut pokes) => r,
+                    r = session(link.io, &mut h, &mut pokes, probe, &shared) => r,
                 };
                 h.disconnected();
                 if let Err(e) = r {
                     warn!(error = %e, monitor = h.label(), "monitor lost; resynchronising");
                 }
+                continue;
             }
             // Nothing to try: the cluster's leader is not known yet. Look again soon.
             Err(e) if e.0.is_empty() => {
@@ -139,132 +167,187 @@ async fn run<H: Handler>(
                 }
                 continue;
             }
-            Err(e) => debug!(error = %e, monitor = h.label(), "monitor cannot connect"),
+            Err(e) => debug!(error = %e, monitor = h.label(), retry_in = ?delay, "monitor cannot connect"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+            _ = shared.upstream_up.notified() => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
+/// One monitor connection: a writer task fed by a queue, and the reader, which handles what
+/// comes and never waits on a write.
 async fn session<H: Handler>(
     io: BoxIo,
     h: &mut H,
-    pokes: &mut mpsc::Receiver<String>,
+    pokes: &mut mpsc::Receiver<Poke>,
+    probe: Duration,
+    shared: &Shared,
 ) -> Result<(), MonitorError> {
     let (mut r, mut w) = tokio::io::split(io);
-    let request = json!({"method": "monitor_cond", "params": h.monitor_params(), "id": MONITOR_REQ_ID});
-    w.write_all(request.to_string().as_bytes()).await?;
-    let mut codec = FrameCodec::new(usize::MAX);
-    let mut buf = BytesMut::with_capacity(READ_BUF);
-    let mut next_id = MONITOR_REQ_ID + 1;
-    let mut sent: HashMap<u64, Value> = HashMap::new();
-    let mut synced = false;
-    loop {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = async move {
         let mut out = Vec::new();
-        tokio::select! {
-            n = r.read_buf(&mut buf) => {
-                if n? == 0 {
-                    return Err(MonitorError::Closed);
-                }
-                while let Some(chunk) = codec.decode(&mut buf)? {
-                    // Only the envelope is parsed here; each handler reads its updates its own way.
-                    let Ok(msg) = Envelope::parse(chunk.bytes()) else { continue };
-                    let id = msg.id.filter(|id| id.get() != "null");
-                    match msg.method.as_deref() {
-                        // The server's inactivity probe: answer it, or it drops us.
-                        Some("echo") if let Some(id) = id => {
-                            let params = msg.params.map_or("[]", |r| r.get());
-                            let reply = format!(r#"{{"id":{},"result":{params},"error":null}}"#, id.get());
-                            w.write_all(reply.as_bytes()).await?;
-                        }
-                        Some("update2") => {
-                            // params: [<monitor-id>, <table-updates2>]
-                            let updates = msg.params.and_then(|p| {
-                                serde_json::from_str::<(IgnoredAny, &RawValue)>(p.get()).ok()
-                            });
-                            if let Some((_, u)) = updates {
-                                out.extend(h.update(u)?);
+        while let Some(first) = rx.recv().await {
+            out.clear();
+            out.extend_from_slice(&first);
+            while out.len() < READ_BUF {
+                let Ok(more) = rx.try_recv() else { break };
+                out.extend_from_slice(&more);
+            }
+            w.write_all(&out).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let reader = async {
+        let send = |msg: &Value| {
+            let _ = tx.send(msg.to_string().into_bytes());
+        };
+        send(&json!({"method": "monitor_cond", "params": h.monitor_params(), "id": MONITOR_REQ_ID}));
+        let mut codec = FrameCodec::new(usize::MAX);
+        let mut buf = BytesMut::with_capacity(READ_BUF);
+        let mut next_id = MONITOR_REQ_ID + 1;
+        let mut sent: HashMap<u64, Token> = HashMap::new();
+        let mut synced = false;
+        let mut heard = Instant::now();
+        let mut probing = false;
+        let mut tick = tokio::time::interval(probe / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut out = Vec::new();
+            tokio::select! {
+                biased;
+                n = r.read_buf(&mut buf) => {
+                    if n? == 0 {
+                        return Err(MonitorError::Closed);
+                    }
+                    heard = Instant::now();
+                    probing = false;
+                    while let Some(chunk) = codec.decode(&mut buf)? {
+                        // Only the envelope is parsed here; each handler reads its updates its own way.
+                        let Ok(msg) = Envelope::parse(chunk.bytes()) else { continue };
+                        let id = msg.id.filter(|id| id.get() != "null");
+                        match msg.method.as_deref() {
+                            // The server's inactivity probe: answer it, or it drops us.
+                            Some("echo") if let Some(id) = id => {
+                                let params = msg.params.map_or("[]", |r| r.get());
+                                let reply = format!(r#"{{"id":{},"result":{params},"error":null}}"#, id.get());
+                                let _ = tx.send(reply.into_bytes());
                             }
-                        }
-                        Some(method) => {
-                            let params = msg.params.map(value).transpose()?.unwrap_or_else(|| json!([]));
-                            out.extend(h.notification(method, &params));
-                        }
-                        None => {
-                            let n = id.and_then(|id| id.get().parse::<u64>().ok());
-                            if n == Some(MONITOR_REQ_ID) {
-                                if let Some(err) = msg.error.filter(|e| e.get() != "null") {
-                                    return Err(MonitorError::Refused(err.get().to_string()));
+                            Some("update2") => {
+                                // params: [<monitor-id>, <table-updates2>]
+                                let updates = msg.params.and_then(|p| {
+                                    serde_json::from_str::<(IgnoredAny, &RawValue)>(p.get()).ok()
+                                });
+                                if let Some((_, u)) = updates {
+                                    out.extend(h.update(u)?);
                                 }
-                                synced = true;
-                                let result =
-                                    msg.result.ok_or_else(|| MonitorError::Refused("a reply without a result".into()))?;
-                                out.extend(h.initial(result)?);
-                            } else if let Some(req) = n.and_then(|n| sent.remove(&n)) {
-                                let Ok(reply) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
-                                out.extend(h.reply(&req, &reply));
+                            }
+                            Some(method) => {
+                                let params = msg.params.map(value).transpose()?.unwrap_or_else(|| json!([]));
+                                out.extend(h.notification(method, &params));
+                            }
+                            None => {
+                                let n = id.and_then(|id| id.get().parse::<u64>().ok());
+                                if n == Some(MONITOR_REQ_ID) {
+                                    if let Some(err) = msg.error.filter(|e| e.get() != "null") {
+                                        return Err(MonitorError::Refused(err.get().to_string()));
+                                    }
+                                    synced = true;
+                                    let result =
+                                        msg.result.ok_or_else(|| MonitorError::Refused("a reply without a result".into()))?;
+                                    out.extend(h.initial(result)?);
+                                } else if let Some(token) = n.and_then(|n| sent.remove(&n)) {
+                                    let Ok(reply) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
+                                    out.extend(h.reply(token, &reply));
+                                }
+                                // Anything else (our probe's reply) only counted as a sign of life.
                             }
                         }
                     }
                 }
+                Some(p) = pokes.recv(), if synced => out.extend(h.poke(p)),
+                _ = tick.tick() => {
+                    let idle = heard.elapsed();
+                    if idle >= 2 * probe {
+                        shared.metrics.monitor_stalls.inc();
+                        return Err(MonitorError::Stalled(idle));
+                    }
+                    if idle >= probe && !probing {
+                        probing = true;
+                        send(&json!({"method": "echo", "params": [], "id": PROBE_ID}));
+                    }
+                }
             }
-            Some(key) = pokes.recv(), if synced => out.extend(h.poke(key)),
+            // The buffer grew to hold a big message (the initial reply): give the memory back.
+            if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
+                buf = BytesMut::with_capacity(READ_BUF);
+            }
+            for req in out {
+                let id = next_id;
+                next_id += 1;
+                sent.insert(id, req.token);
+                send(&json!({"method": req.method, "params": req.params, "id": id}));
+            }
         }
-        // The buffer grew to hold a big message (the initial reply): give the memory back.
-        if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
-            buf = BytesMut::with_capacity(READ_BUF);
-        }
-        for req in out {
-            let id = next_id;
-            next_id += 1;
-            let msg = json!({"method": req.method, "params": req.params, "id": id});
-            w.write_all(msg.to_string().as_bytes()).await?;
-            sent.insert(id, msg);
-        }
+    };
+    tokio::select! {
+        r = reader => r,
+        w = writer => match w {
+            Ok(()) => Err(MonitorError::Closed),
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
-/// Starts the NB monitor (always), the SB monitor (with `--sb-db`), and one `_Server` watch
-/// per member of a cluster.
+/// Starts the monitor thread: the NB monitor (always), the SB monitor (with `--sb-db`), and one
+/// `_Server` watch per member of a cluster, on a one-thread runtime of their own. Returns a
+/// receiver that completes when they have all stopped (after `shutdown`).
 pub(super) fn spawn(
     nb: Arc<Upstreams>,
     sb: Option<Arc<Upstreams>>,
     lock: String,
     shared: Arc<Shared>,
-    tracker: &tokio_util::task::TaskTracker,
+    probe: Duration,
     shutdown: CancellationToken,
-) {
-    if let Some(leader) = &nb.leader {
-        for (i, remote) in nb.remotes().iter().enumerate() {
-            let watch = ServerWatch::new(i, remote.to_string(), leader.clone(), shared.metrics.clone());
-            let (keep, idle) = mpsc::channel(1);
-            let (nb, shutdown) = (nb.clone(), shutdown.clone());
-            tracker.spawn(async move {
-                let _keep = keep;
-                run(nb, Pick::Member(i), watch, idle, shutdown).await
-            });
-        }
-    }
-    let (poke_tx, poke_rx) = mpsc::channel(1024);
-    let h = NbHandler {
-        shared: shared.clone(),
-        lock,
-        holding: false,
-        in_flight: HashMap::new(),
-        attempts: HashMap::new(),
-    };
-    tracker.spawn(run(nb, Pick::Leader, h, poke_rx, shutdown.clone()));
-    if let Some(sb) = sb {
-        let sbh = SbHandler { shared, cache: SbCache::new(), finalize: poke_tx };
-        let (keep, idle) = mpsc::channel(1);
-        tracker.spawn(async move {
-            let _keep = keep;
-            run(sb, Pick::Leader, sbh, idle, shutdown).await
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, stopped) = tokio::sync::oneshot::channel();
+    let pokes = shared.take_pokes();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("ovn-nb-proxy-monitor".into()).spawn(move || {
+        runtime.block_on(async move {
+            let tracker = tokio_util::task::TaskTracker::new();
+            if let Some(leader) = &nb.leader {
+                for (i, remote) in nb.remotes().iter().enumerate() {
+                    let watch =
+                        ServerWatch::new(i, remote.to_string(), leader.clone(), shared.metrics.clone());
+                    let (keep, idle) = mpsc::channel(1);
+                    let (nb, shared, shutdown) = (nb.clone(), shared.clone(), shutdown.clone());
+                    tracker.spawn(async move {
+                        let _keep = keep;
+                        run(nb, Pick::Member(i), watch, idle, shared, probe, shutdown).await
+                    });
+                }
+            }
+            let h = NbHandler { shared: shared.clone(), lock, holding: false, rec: Reconciler::default() };
+            tracker.spawn(run(nb, Pick::Leader, h, pokes, shared.clone(), probe, shutdown.clone()));
+            if let Some(sb) = sb {
+                let sbh = SbHandler { shared: shared.clone(), cache: SbCache::new() };
+                let (keep, idle) = mpsc::channel(1);
+                tracker.spawn(async move {
+                    let _keep = keep;
+                    run(sb, Pick::Leader, sbh, idle, shared, probe, shutdown).await
+                });
+            }
+            tracker.close();
+            tracker.wait().await;
         });
-    }
+        let _ = done.send(());
+    })?;
+    Ok(stopped)
 }
 
 impl Handler for ServerWatch {
@@ -296,55 +379,85 @@ struct NbHandler {
     /// The OVSDB lock that makes one proxy, among several, the active reconciler.
     lock: String,
     holding: bool,
-    /// Reconcile transactions in flight, by port uuid.
-    in_flight: HashMap<String, ()>,
-    /// Consecutive failed reconciles per port uuid.
-    attempts: HashMap<String, u32>,
+    rec: Reconciler,
 }
 
 impl NbHandler {
-    /// A conditional fix for a row, if the policy wants one, this proxy holds the reconciler
-    /// lock, and no fix for the row is in flight. The transaction asserts the lock, so a proxy
-    /// that lost it in the meantime writes nothing.
-    fn reconcile(&mut self, before: Option<&LspState>, row: &LspState) -> Option<Req> {
-        if !self.holding || self.in_flight.contains_key(&row.uuid) {
-            return None;
-        }
-        let shared = &self.shared;
-        let view = shared.view();
-        let finalized = |p: &str, d: &str| crate::policy::LspView::finalized(&view, p, d);
-        let (ops, change) = plan_reconcile(before, row, &shared.policy(), &finalized)?;
-        audit(Audit::Reconcile, &change, "reconciler", shared.dry_run);
-        if shared.dry_run {
-            shared.metrics.reconciles.get_or_create(&[("outcome", "dry_run")]).inc();
-            return None;
-        }
-        self.in_flight.insert(row.uuid.clone(), ());
-        let mut params = vec![json!(NB_DB), json!({"op": "assert", "lock": self.lock})];
-        params.extend(ops);
-        Some(transact(Value::Array(params)))
+    /// Whether this proxy decides fixes: the lock holder, or a dry run (which never takes the
+    /// lock, and logs what it would do).
+    fn reconciling(&self) -> bool {
+        self.holding || self.shared.dry_run
     }
 
-    fn touched(&mut self, touched: Vec<Touched>) -> Vec<Req> {
+    /// The reconcile transactions the queue lets go now.
+    fn batches(&mut self) -> Vec<Req> {
+        if !self.reconciling() {
+            return Vec::new();
+        }
+        self.rec
+            .next_batches(&self.shared, &self.lock)
+            .into_iter()
+            .map(|(token, params)| Req { method: "transact", params, token: Token::Batch(token) })
+            .collect()
+    }
+
+    /// Rows a monitor message touched: the timelines follow them, the reconciler looks at the
+    /// tagged ones (and at the ones that just lost their tags). `initial`: the rows of a
+    /// (re)synchronisation, seen without a previous state; the reconciler's first pass looks
+    /// at them.
+    fn touched(&mut self, touched: Vec<Touched>, initial: bool) {
+        let shared = self.shared.clone();
+        let policy = shared.policy();
+        let key = policy.destination_key.as_str();
         let now = SystemTime::now();
-        let mut out = Vec::new();
-        let policy = self.shared.policy();
+        let timelines = &shared.timelines;
+        let reconciling = self.reconciling() && !initial;
         for t in touched {
-            match t.after_state() {
-                Some(row) => {
-                    for stage in self.shared.timelines.observe_nb(&row, &policy, now) {
-                        info!(port = %row.name, stage = %stage.as_str(), "migration");
-                    }
-                    out.extend(self.reconcile(t.before_state().as_ref(), &row));
+            let Some(after) = &t.after else {
+                if let Some(before) = &t.before {
+                    timelines.forget(before.name());
                 }
-                None => {
-                    if let Some(old) = &t.before {
-                        self.shared.timelines.forget(old.name());
-                    }
+                self.rec.forget(t.uuid);
+                continue;
+            };
+            if let Some(before) = t.before.as_ref().filter(|b| b.name() != after.name()) {
+                timelines.rename(before.name(), after.name());
+            }
+            let tagged_before = t.before.as_ref().is_some_and(|b| b.has_tag(key));
+            if !tagged_before && !after.has_tag(key) && !timelines.contains(after.name()) {
+                self.rec.forget(t.uuid);
+                continue;
+            }
+            let row = after.state(t.uuid);
+            if reconciling {
+                // Decided with the memory as it was before this change.
+                let before = t.before.as_ref().map(|b| b.state(t.uuid));
+                self.rec.look(&shared, t.uuid, Pre::from_option(before.as_ref()), after.clone(), &row);
+            }
+            for stage in timelines.observe_nb(&row, &policy, now) {
+                if !initial {
+                    info!(port = %row.name, stage = %stage.as_str(), "migration");
                 }
             }
         }
-        out
+    }
+
+    /// Looks at every tagged port, as first seen (after taking the lock, or a config change).
+    fn first_pass(&mut self) {
+        if !self.reconciling() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let key = shared.policy().destination_key.clone();
+        // One row at a time: a copy of every row at once would cost the table's size again.
+        for uuid in shared.cache.tagged(&key) {
+            let Some(row) = shared.cache.row(uuid) else { continue };
+            let state = row.state(uuid);
+            self.rec.look(&shared, uuid, Pre::Unseen, row, &state);
+        }
+        if self.rec.queued() > 0 {
+            info!(ports = self.rec.queued(), "ports to fix found at the reconciler's first look");
+        }
     }
 
     /// Became the active reconciler: look at every port once.
@@ -355,9 +468,8 @@ impl NbHandler {
         self.holding = true;
         self.shared.metrics.reconciler_lock_held.set(1);
         info!(lock = %self.lock, "this proxy is the active reconciler");
-        // One row at a time: a copy of every row at once would cost the table's size again.
-        let cache = self.shared.cache.clone();
-        cache.uuids().into_iter().filter_map(|u| self.reconcile(None, &cache.state(u)?)).collect()
+        self.first_pass();
+        self.batches()
     }
 
     fn lost_lock(&mut self) {
@@ -365,6 +477,7 @@ impl NbHandler {
             warn!(lock = %self.lock, "reconciler lock lost");
         }
         self.holding = false;
+        self.rec.clear();
         self.shared.metrics.reconciler_lock_held.set(0);
     }
 }
@@ -379,53 +492,45 @@ impl Handler for NbHandler {
     }
 
     fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError> {
-        self.in_flight.clear();
+        self.rec.clear();
         let touched = self.shared.cache.reset(result.get())?;
+        self.shared.mark_synced();
         self.shared.metrics.monitor_resyncs.inc();
         info!(ports = self.shared.cache.len(), "port cache synchronised");
-        let mut out = self.touched(touched);
+        self.touched(touched, true);
+        // Ports deleted while the monitor was away take their timelines with them.
+        for port in self.shared.timelines.ports() {
+            if self.shared.cache.uuid_of(&port).is_none() {
+                self.shared.timelines.forget(&port);
+            }
+        }
+        if self.shared.dry_run {
+            // A dry run never takes the reconciler lock: it looks now, and logs.
+            self.first_pass();
+            return Ok(self.batches());
+        }
         // Ask for the reconciler lock; the server answers now or with `locked` later.
-        out.push(Req { method: "lock", params: json!([self.lock]) });
-        Ok(out)
+        Ok(vec![Req { method: "lock", params: json!([self.lock]), token: Token::Lock }])
     }
 
     fn update(&mut self, updates: &RawValue) -> Result<Vec<Req>, MonitorError> {
         let touched = self.shared.cache.apply(updates.get())?;
-        Ok(self.touched(touched))
+        self.touched(touched, false);
+        Ok(self.batches())
     }
 
-    fn reply(&mut self, request: &Value, reply: &Value) -> Vec<Req> {
-        if request["method"] == "lock" {
-            return if reply["result"]["locked"] == json!(true) { self.took_lock() } else { Vec::new() };
+    fn reply(&mut self, token: Token, reply: &Value) -> Vec<Req> {
+        match token {
+            Token::Lock if reply["result"]["locked"] == json!(true) => self.took_lock(),
+            Token::Lock => Vec::new(),
+            Token::Batch(b) => match self.rec.answered(&self.shared, b, reply) {
+                Answer::Done => self.batches(),
+                Answer::NotOwner => {
+                    self.lost_lock();
+                    Vec::new()
+                }
+            },
         }
-        // A reconcile: the wait op's `where` names the row.
-        let uuid = request["params"][2]["where"][0][2][1].as_str().unwrap_or_default().to_string();
-        self.in_flight.remove(&uuid);
-        let results = reply.get("result").and_then(Value::as_array).cloned().unwrap_or_default();
-        let failed = reply.get("error").is_some_and(|e| !e.is_null())
-            || results.iter().any(|r| r.get("error").is_some_and(|e| !e.is_null()));
-        if !failed {
-            self.shared.metrics.reconciles.get_or_create(&[("outcome", "applied")]).inc();
-            self.attempts.remove(&uuid);
-            return Vec::new();
-        }
-        if results.first().and_then(|r| r.get("error")).is_some_and(|e| e == "not owner") {
-            self.shared.metrics.reconciles.get_or_create(&[("outcome", "not_owner")]).inc();
-            self.lost_lock();
-            return Vec::new();
-        }
-        self.shared.metrics.reconciles.get_or_create(&[("outcome", "conflict")]).inc();
-        debug!(%uuid, %reply, "reconcile lost a race; looking again");
-        let n = self.attempts.entry(uuid.clone()).or_default();
-        *n += 1;
-        if *n >= MAX_ATTEMPTS {
-            warn!(%uuid, "reconcile keeps losing races; waiting for the next change");
-            return Vec::new();
-        }
-        let Some(row) = crate::policy::LspView::by_uuid(&*self.shared.cache, &uuid) else {
-            return Vec::new();
-        };
-        self.reconcile(None, &row).into_iter().collect()
     }
 
     fn notification(&mut self, method: &str, params: &Value) -> Vec<Req> {
@@ -442,17 +547,28 @@ impl Handler for NbHandler {
         }
     }
 
-    /// The SB showed the destination of `port` activated: finish the migration.
-    fn poke(&mut self, port: String) -> Vec<Req> {
-        let Some(row) = crate::policy::LspView::by_name(&*self.shared.cache, &port) else {
-            return Vec::new();
-        };
-        self.reconcile(Some(&row), &row).into_iter().collect()
+    fn poke(&mut self, poke: Poke) -> Vec<Req> {
+        match poke {
+            Poke::Everything => self.first_pass(),
+            Poke::Port(port) => {
+                if !self.reconciling() {
+                    return Vec::new();
+                }
+                let shared = self.shared.clone();
+                let Some(uuid) = shared.cache.uuid_of(&port) else { return Vec::new() };
+                let Some(row) = shared.cache.row(uuid) else { return Vec::new() };
+                let state = row.state(uuid);
+                // The row itself is its previous state: the migration goes on, only what the
+                // proxy knows of it changed.
+                self.rec.look(&shared, uuid, Pre::Known(&state), row, &state);
+            }
+        }
+        self.batches()
     }
 
     fn disconnected(&mut self) {
-        self.shared.cache.set_unsynced();
-        self.in_flight.clear();
+        self.shared.set_unsynced();
+        self.rec.clear();
         self.lost_lock();
     }
 
@@ -464,29 +580,34 @@ impl Handler for NbHandler {
 struct SbHandler {
     shared: Arc<Shared>,
     cache: SbCache,
-    finalize: mpsc::Sender<String>,
 }
 
 impl SbHandler {
     fn touched(&mut self, ports: Vec<String>) {
         let now = SystemTime::now();
         let aliases = self.cache.aliases();
+        let shared = &self.shared;
         for port in ports {
             let Some(binding) = self.cache.binding(&port) else { continue };
-            for stage in self.shared.timelines.observe_sb(&port, &binding, &aliases, now) {
+            if let Some(source) = shared.timelines.learn_source(&port, &binding, &aliases) {
+                info!(%port, %source, "source recovered from the Southbound: the chassis binding the port");
+                shared.poke(Poke::Port(port.clone()));
+            }
+            for stage in shared.timelines.observe_sb(&port, &binding, &aliases, now) {
                 info!(%port, stage = %stage.as_str(), "migration");
-                let Some(m) = self.shared.timelines.get(&port) else { continue };
+                let Some(m) = shared.timelines.get(&port) else { continue };
                 if stage == Stage::SingleChassis {
                     if let Some(d) = m.elapsed_to(Stage::SingleChassis) {
-                        self.shared.metrics.migration_seconds.observe(d.as_secs_f64());
+                        shared.metrics.migration_seconds.observe(d.as_secs_f64());
                     }
                 }
-                if stage == Stage::Activated && self.shared.finalize && m.phase == Phase::InProgress {
-                    self.shared.timelines.mark_finalized(&port, now);
+                if stage == Stage::Activated
+                    && shared.finalize()
+                    && m.phase == crate::timeline::Phase::InProgress
+                {
+                    shared.timelines.mark_finalized(&port, now);
                     info!(%port, destination = %m.destination, "destination activated: finishing the migration");
-                    if self.finalize.try_send(port.clone()).is_err() {
-                        warn!(%port, "finalize queue full; the next change of the port finishes it");
-                    }
+                    shared.poke(Poke::Port(port.clone()));
                 }
             }
         }

@@ -48,8 +48,15 @@ pub(super) async fn serve(listener: Listener, io: Arc<jsonrpc_core::IoHandler>, 
                             return;
                         }
                     };
-                    let Ok(text) = std::str::from_utf8(chunk.bytes()) else { return };
-                    if let Some(reply) = crate::control::reply(&io, text) {
+                    let Ok(text) = std::str::from_utf8(chunk.bytes()).map(str::to_string) else { return };
+                    // Off the event loop: a command may walk every migration.
+                    let io = io.clone();
+                    let Ok(reply) =
+                        tokio::task::spawn_blocking(move || crate::control::reply(&io, &text)).await
+                    else {
+                        return;
+                    };
+                    if let Some(reply) = reply {
                         if stream.write_all(reply.as_bytes()).await.is_err() {
                             return;
                         }

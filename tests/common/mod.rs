@@ -268,3 +268,285 @@ impl Drop for Watcher {
         self.kill();
     }
 }
+
+/// `GET path` on an HTTP endpoint: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// The value of one sample line of a Prometheus text, e.g.
+/// `ovn_nb_proxy_rewrites_total{cause="started"}`.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+impl Proxy {
+    /// The address of `--metrics=127.0.0.1:0`, read back from the log.
+    pub fn metrics_addr(&mut self) -> String {
+        let line = self.wait_log("metrics endpoint ready", Duration::from_secs(5));
+        line.split("metrics=").nth(1).expect("address").trim().to_string()
+    }
+
+    /// Lines of the audit log target that mention `port=PORT `.
+    pub fn audits(&self, port: &str) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("ovn_nb_proxy::audit") && l.contains(&format!("port={port} ")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One transaction on a raw connection (params without the database name); answers the
+/// server's echo probes meanwhile; returns the reply.
+pub fn transact_on(raw: &mut Raw, id: u64, ops: Vec<serde_json::Value>) -> serde_json::Value {
+    let mut params = vec![serde_json::json!("OVN_Northbound")];
+    params.extend(ops);
+    let req = serde_json::json!({"id": id, "method": "transact", "params": params});
+    raw.send(&serde_json::to_vec(&req).expect("json"));
+    loop {
+        let msg = raw.recv();
+        if msg["method"] == "echo" {
+            let reply = serde_json::json!({"id": msg["id"], "result": msg["params"], "error": null});
+            raw.send(&serde_json::to_vec(&reply).expect("json"));
+            continue;
+        }
+        if msg["id"] == serde_json::json!(id) {
+            return msg;
+        }
+    }
+}
+
+/// `["map", [[k, v], ...]]`.
+pub fn map_json(pairs: &[(String, String)]) -> serde_json::Value {
+    serde_json::json!(["map", pairs.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>()])
+}
+
+/// `n` ports `PREFIX0`..`PREFIXn-1` on switch `sw` (created if absent), written directly to the
+/// database at `socket` in transactions of 5000; `port(i)` gives each one's options and
+/// external_ids.
+pub fn bulk_ports(
+    socket: &Path,
+    sw: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    port: impl Fn(usize) -> (Vec<(String, String)>, Vec<(String, String)>),
+) {
+    use serde_json::json;
+    let mut raw = Raw::connect(socket);
+    raw.stream.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    let reply = transact_on(
+        &mut raw,
+        1,
+        vec![
+            json!({"op": "select", "table": "Logical_Switch", "where": [["name", "==", sw]], "columns": ["_uuid"]}),
+        ],
+    );
+    if reply["result"][0]["rows"].as_array().is_none_or(|r| r.is_empty()) {
+        let r = transact_on(
+            &mut raw,
+            2,
+            vec![json!({"op": "insert", "table": "Logical_Switch", "row": {"name": sw}})],
+        );
+        assert!(r["result"][0]["uuid"].is_array(), "create {sw}: {r}");
+    }
+    let ids: Vec<usize> = range.collect();
+    for (b, chunk) in ids.chunks(5000).enumerate() {
+        let mut ops = Vec::new();
+        let mut refs = Vec::new();
+        for &i in chunk {
+            let (options, ext) = port(i);
+            let named = format!("p{i}");
+            ops.push(json!({"op": "insert", "table": "Logical_Switch_Port", "uuid-name": named,
+                "row": {"name": format!("{prefix}{i}"), "options": map_json(&options), "external_ids": map_json(&ext)}}));
+            refs.push(json!(["named-uuid", named]));
+        }
+        ops.push(json!({"op": "mutate", "table": "Logical_Switch", "where": [["name", "==", sw]],
+            "mutations": [["ports", "insert", ["set", refs]]]}));
+        let r = transact_on(&mut raw, 10 + b as u64, ops);
+        let results = r["result"].as_array().unwrap_or_else(|| panic!("bulk insert: {r}"));
+        assert!(
+            results.iter().all(|x| x.get("error").is_none()),
+            "bulk insert refused: {}",
+            r.to_string().chars().take(500).collect::<String>()
+        );
+    }
+}
+
+/// Round trips of `echo` through a unix socket, every few ms, on a thread of its own; the
+/// longest one is kept. Reconnects when the connection drops (the time without a connection
+/// is not a round trip).
+pub struct EchoProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    worst: Arc<Mutex<(Duration, u64)>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoProbe {
+    pub fn start(path: &Path) -> EchoProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worst = Arc::new(Mutex::new((Duration::ZERO, 0u64)));
+        let (s, w, path) = (stop.clone(), worst.clone(), path.to_path_buf());
+        let handle = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(stream) = UnixStream::connect(&path) else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                let mut raw = Raw {
+                    stream,
+                    codec: ovn_nb_proxy::wire::FrameCodec::new(usize::MAX),
+                    buf: bytes::BytesMut::new(),
+                };
+                while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let t0 = Instant::now();
+                    if raw
+                        .stream
+                        .write_all(format!(r#"{{"method":"echo","params":[],"id":{n}}}"#).as_bytes())
+                        .is_err()
+                    {
+                        break;
+                    }
+                    match raw.try_recv() {
+                        Some(_) => {
+                            let rtt = t0.elapsed();
+                            let mut g = w.lock().expect("lock");
+                            g.1 += 1;
+                            if rtt > g.0 {
+                                g.0 = rtt;
+                            }
+                        }
+                        None => break,
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        EchoProbe { stop, worst, handle: Some(handle) }
+    }
+
+    /// The longest round trip so far, and how many were measured.
+    pub fn worst(&self) -> (Duration, u64) {
+        *self.worst.lock().expect("lock")
+    }
+
+    /// Forgets what was measured so far.
+    pub fn reset(&self) {
+        *self.worst.lock().expect("lock") = (Duration::ZERO, 0);
+    }
+}
+
+impl Drop for EchoProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Raw {
+    /// The next whole message, or `None` at end of stream or on an error (timeout included).
+    pub fn try_recv(&mut self) -> Option<Vec<u8>> {
+        use tokio_util::codec::Decoder;
+        loop {
+            if let Ok(Some(chunk)) = self.codec.decode(&mut self.buf) {
+                return Some(chunk.bytes().to_vec());
+            }
+            let mut tmp = [0u8; 65536];
+            match self.stream.read(&mut tmp) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    }
+}
+
+/// A string map column.
+pub type StrMap = std::collections::BTreeMap<String, String>;
+/// Port name → (options, external_ids).
+pub type Ports = std::collections::HashMap<String, (StrMap, StrMap)>;
+
+/// Every port's name → (options, external_ids), read directly from the database at `socket`.
+pub fn read_ports(socket: &Path) -> Ports {
+    let parse = |v: &serde_json::Value| -> StrMap {
+        v[1].as_array()
+            .map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|p| {
+                        (p[0].as_str().unwrap_or("").to_string(), p[1].as_str().unwrap_or("").to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut raw = Raw::connect(socket);
+    raw.stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let reply = transact_on(
+        &mut raw,
+        1,
+        vec![serde_json::json!({"op": "select", "table": "Logical_Switch_Port", "where": [],
+            "columns": ["name", "options", "external_ids"]})],
+    );
+    reply["result"][0]["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("select: {reply}"))
+        .iter()
+        .map(|r| {
+            (r["name"].as_str().unwrap_or("").to_string(), (parse(&r["options"]), parse(&r["external_ids"])))
+        })
+        .collect()
+}
+
+/// Polls `cond` until it holds, for at most `within`.
+pub fn eventually_within(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not true within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Owned pairs, for `bulk_ports`.
+pub fn pairs(kv: &[(&str, &str)]) -> Vec<(String, String)> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// One transaction on a new connection to `socket`: the reply, or `None` when the connection
+/// could not be made or closed before the reply (the caller may try again).
+pub fn try_transact(socket: &Path, ops: Vec<serde_json::Value>) -> Option<serde_json::Value> {
+    let stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut raw =
+        Raw { stream, codec: ovn_nb_proxy::wire::FrameCodec::new(usize::MAX), buf: bytes::BytesMut::new() };
+    let mut params = vec![serde_json::json!("OVN_Northbound")];
+    params.extend(ops);
+    let req = serde_json::json!({"id": 1, "method": "transact", "params": params});
+    raw.stream.write_all(&serde_json::to_vec(&req).ok()?).ok()?;
+    loop {
+        let msg: serde_json::Value = serde_json::from_slice(&raw.try_recv()?).ok()?;
+        if msg["method"] == "echo" {
+            let reply = serde_json::json!({"id": msg["id"], "result": msg["params"], "error": null});
+            raw.stream.write_all(&serde_json::to_vec(&reply).ok()?).ok()?;
+        } else if msg["id"] == 1 {
+            return Some(msg);
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The reconciler: fixes ports whose options a writer that bypassed the proxy left wrong
+//! (another CMS instance, `ovn-nbctl` on the database host, writes made while the proxy was
+//! down), and finishes the migrations the Southbound shows activated (finalize on activation).
+//! It decides from the rows the NB monitor shows; the monitor connection sends what it plans.
+//!
+//! **Invariant: conditional.** Each row's fix is a `wait` that its `options` and `external_ids`
+//! are still exactly what the proxy saw, then a `mutate` of the two keys; every transaction
+//! starts with an `assert` of the reconciler lock. A concurrent writer wins; the row is looked
+//! at again when its new state arrives.
+//!
+//! **Invariant: paced.** Fixes wait in a queue (one per row: a newer state replaces the planned
+//! fix) and go out in transactions of at most [`BATCH`] rows, at most [`IN_FLIGHT`] of them
+//! awaiting the server: a burst of thousands of rows never fills the connection's queues, and
+//! every reply frees room for the next batch. Work per row is independent of the number of
+//! rows and of the history.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tracing::{debug, warn};
+
+use super::Shared;
+use crate::cache::nb::{Row, Uuid};
+use crate::policy::{plan_reconcile, Fix, LspState, Pre, SkipReason, NB_DB, REQUESTED_CHASSIS};
+use crate::rewrite::{audit, audit_yield, skip_message, Audit};
+
+/// Rows per reconcile transaction.
+pub(super) const BATCH: usize = 64;
+/// Reconcile transactions awaiting the server at once.
+pub(super) const IN_FLIGHT: usize = 4;
+/// Consecutive lost races of one row before its fix is no longer retried on its own (the next
+/// change of the row still plans one).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// A fix planned for a row from the state `seen`.
+struct Planned {
+    uuid: Uuid,
+    seen: Arc<Row>,
+    fix: Fix,
+}
+
+/// What a reply to a reconcile transaction meant for the reconciler.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    Done,
+    /// The `assert` failed: another proxy holds the lock now.
+    NotOwner,
+}
+
+#[derive(Default)]
+pub(super) struct Reconciler {
+    planned: HashMap<Uuid, Planned>,
+    /// The order in which planned rows go out (may hold rows no longer planned: skipped).
+    order: VecDeque<Uuid>,
+    /// Rows in a transaction in flight, with the state the fix was planned from.
+    busy: HashMap<Uuid, Arc<Row>>,
+    batches: HashMap<u64, Vec<Planned>>,
+    next_batch: u64,
+    attempts: HashMap<Uuid, u32>,
+    /// Rows left alone, and why: reported once per reason, not at every change of the row.
+    skipped: HashMap<Uuid, SkipReason>,
+}
+
+impl Reconciler {
+    /// Decides for one row, from what is known of it before this change (`pre`), its current
+    /// state `seen` (and `row`, the same as the policy reads it). Replaces any fix planned
+    /// for the row before.
+    pub(super) fn look(&mut self, shared: &Shared, uuid: Uuid, pre: Pre<'_>, seen: Arc<Row>, row: &LspState) {
+        if self.busy.get(&uuid).is_some_and(|b| Arc::ptr_eq(b, &seen) || **b == *seen) {
+            return; // the fix for exactly this state is on its way
+        }
+        let policy = shared.policy();
+        match plan_reconcile(pre, row, &policy, &shared.view()) {
+            Ok(Some(fix)) => {
+                self.skipped.remove(&uuid);
+                if self.planned.insert(uuid, Planned { uuid, seen, fix }).is_none() {
+                    self.order.push_back(uuid);
+                }
+            }
+            Ok(None) => {
+                self.skipped.remove(&uuid);
+                self.planned.remove(&uuid);
+            }
+            Err(reason) => {
+                self.planned.remove(&uuid);
+                if self.skipped.insert(uuid, reason) != Some(reason) {
+                    shared.metrics.skips.get_or_create(&[("reason", reason.as_str())]).inc();
+                    match reason {
+                        SkipReason::OperatorOverride => audit_yield(
+                            &row.name,
+                            row.options.get(REQUESTED_CHASSIS).map(String::as_str),
+                            "reconciler",
+                        ),
+                        _ => warn!(port = %row.name, reason = %reason.as_str(), "{}", skip_message(reason)),
+                    }
+                }
+            }
+        }
+        shared.metrics.reconcile_queue.set(self.planned.len() as i64);
+    }
+
+    /// The row is gone: nothing to do for it any more.
+    pub(super) fn forget(&mut self, uuid: Uuid) {
+        self.planned.remove(&uuid);
+        self.skipped.remove(&uuid);
+        self.attempts.remove(&uuid);
+    }
+
+    /// The connection is gone: what was in flight will never be answered, what was planned
+    /// rests on a state that will be read again.
+    pub(super) fn clear(&mut self) {
+        *self = Reconciler::default();
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.planned.len()
+    }
+
+    /// The next transactions to send, as many as the in-flight bound allows: `(token, params)`.
+    /// In a dry run, the fixes are logged (as the audit lines they would make) and dropped.
+    pub(super) fn next_batches(&mut self, shared: &Shared, lock: &str) -> Vec<(u64, Value)> {
+        let mut out = Vec::new();
+        let mut deferred = Vec::new();
+        while self.batches.len() < IN_FLIGHT && !self.order.is_empty() {
+            let mut batch = Vec::new();
+            while batch.len() < BATCH {
+                let Some(uuid) = self.order.pop_front() else { break };
+                if self.busy.contains_key(&uuid) {
+                    if self.planned.contains_key(&uuid) {
+                        deferred.push(uuid);
+                    }
+                    continue;
+                }
+                let Some(p) = self.planned.remove(&uuid) else { continue };
+                // Planned from the state the cache still holds (else a newer one replaced it).
+                if !shared.cache.row(uuid).is_some_and(|now| Arc::ptr_eq(&now, &p.seen)) {
+                    continue;
+                }
+                batch.push(p);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            if shared.dry_run {
+                for p in &batch {
+                    audit(Audit::Reconcile, &p.fix.change, "reconciler", true);
+                    shared.metrics.reconciles.get_or_create(&[("outcome", "dry_run")]).inc();
+                }
+                continue;
+            }
+            let mut params = vec![json!(NB_DB), json!({"op": "assert", "lock": lock})];
+            let mut names = Vec::new();
+            for p in &batch {
+                params.extend(p.fix.ops.iter().cloned());
+                if names.len() < 8 {
+                    names.push(p.fix.change.port.as_str());
+                }
+                self.busy.insert(p.uuid, p.seen.clone());
+            }
+            let more = if batch.len() > names.len() {
+                format!(" and {} more", batch.len() - names.len())
+            } else {
+                String::new()
+            };
+            params.push(json!({"op": "comment", "comment": format!("ovn-nb-proxy: reconcile {}{more}", names.join(" "))}));
+            let token = self.next_batch;
+            self.next_batch += 1;
+            self.batches.insert(token, batch);
+            out.push((token, Value::Array(params)));
+        }
+        self.order.extend(deferred);
+        shared.metrics.reconcile_queue.set(self.planned.len() as i64);
+        out
+    }
+
+    /// The server's reply to batch `token`. Rows whose fix committed are audited; a row whose
+    /// `wait` failed lost a race (its new state, on its way, is looked at then); the other rows
+    /// of a failed batch go back to the queue.
+    pub(super) fn answered(&mut self, shared: &Shared, token: u64, reply: &Value) -> Answer {
+        let Some(batch) = self.batches.remove(&token) else { return Answer::Done };
+        for p in &batch {
+            self.busy.remove(&p.uuid);
+        }
+        let m = &shared.metrics;
+        let results = reply.get("result").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let rpc_error = reply.get("error").is_some_and(|e| !e.is_null());
+        let failed_at = results.iter().position(|r| r.get("error").is_some_and(|e| !e.is_null()));
+        if !rpc_error && failed_at.is_none() && !results.is_empty() {
+            for p in &batch {
+                audit(Audit::Reconcile, &p.fix.change, "reconciler", false);
+                m.reconciles.get_or_create(&[("outcome", "applied")]).inc();
+                self.attempts.remove(&p.uuid);
+            }
+            return Answer::Done;
+        }
+        if failed_at == Some(0) && results[0].get("error").is_some_and(|e| e == "not owner") {
+            m.reconciles.get_or_create(&[("outcome", "not_owner")]).inc();
+            return Answer::NotOwner;
+        }
+        // Ops: [assert, wait₀, mutate₀, wait₁, mutate₁, …, comment]: row k's ops at 1+2k, 2+2k.
+        let culprit = failed_at.filter(|&i| i >= 1 && i <= 2 * batch.len()).map(|i| (i - 1) / 2);
+        for (k, p) in batch.into_iter().enumerate() {
+            if culprit.is_some() && culprit != Some(k) {
+                // Not written, through no fault of its own: planned again (unless a newer
+                // state replaced it meanwhile).
+                if !self.planned.contains_key(&p.uuid) {
+                    self.order.push_back(p.uuid);
+                    self.planned.insert(p.uuid, p);
+                }
+                continue;
+            }
+            m.reconciles.get_or_create(&[("outcome", "conflict")]).inc();
+            let n = self.attempts.entry(p.uuid).or_default();
+            *n += 1;
+            debug!(port = %p.fix.change.port, %reply, "reconcile lost a race; the row's new state decides");
+            if *n >= MAX_ATTEMPTS {
+                warn!(port = %p.fix.change.port, "reconcile keeps losing races; waiting for the next change");
+                self.planned.remove(&p.uuid);
+            } else if culprit.is_none() && !self.planned.contains_key(&p.uuid) {
+                // The whole transaction failed (commit error, JSON-RPC error): try again.
+                self.order.push_back(p.uuid);
+                self.planned.insert(p.uuid, p);
+            }
+        }
+        Answer::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyConfig;
+    use std::collections::HashSet;
+
+    impl Reconciler {
+        fn in_flight(&self) -> HashSet<Uuid> {
+            self.busy.keys().copied().collect()
+        }
+    }
+
+    fn shared_with(n: usize) -> Shared {
+        let shared = Shared::new(PolicyConfig::default(), false, false, false);
+        let mut rows = serde_json::Map::new();
+        for i in 0..n {
+            let uuid = format!("00000000-0000-4000-8000-{i:012}");
+            rows.insert(
+                uuid,
+                json!({"initial": {"name": format!("p{i}"), "options": ["map", [["requested-chassis", "hv1"]]],
+                    "external_ids": ["map", [["migration-destination", "hv2"]]]}}),
+            );
+        }
+        shared.cache.reset(&json!({"Logical_Switch_Port": rows}).to_string()).expect("reset");
+        shared
+    }
+
+    fn look_all(r: &mut Reconciler, shared: &Shared) {
+        for uuid in shared.cache.tagged("migration-destination") {
+            let row = shared.cache.row(uuid).expect("row");
+            let state = row.state(uuid);
+            r.look(shared, uuid, Pre::Unseen, row, &state);
+        }
+    }
+
+    fn ok(n_ops: usize) -> Value {
+        json!({"id": 1, "result": vec![json!({}); n_ops], "error": null})
+    }
+
+    #[test]
+    fn a_burst_is_paced_in_batches() {
+        let shared = shared_with(1000);
+        let mut r = Reconciler::default();
+        look_all(&mut r, &shared);
+        assert_eq!(r.queued(), 1000);
+        let sent = r.next_batches(&shared, "l");
+        assert_eq!(sent.len(), IN_FLIGHT);
+        assert_eq!(r.in_flight().len(), IN_FLIGHT * BATCH);
+        let params = sent[0].1.as_array().expect("params");
+        assert_eq!(params.len(), 1 + 1 + 2 * BATCH + 1, "db, assert, wait+mutate per row, comment");
+        assert!(r.next_batches(&shared, "l").is_empty(), "no more until a reply");
+        // Each reply lets one more batch go.
+        let mut total = 0;
+        let mut pending: VecDeque<(u64, usize)> =
+            sent.iter().map(|(t, p)| (*t, p.as_array().map_or(0, Vec::len) - 1)).collect();
+        while let Some((token, n)) = pending.pop_front() {
+            total += (n - 2) / 2;
+            assert_eq!(r.answered(&shared, token, &ok(n)), Answer::Done);
+            for (t, p) in r.next_batches(&shared, "l") {
+                pending.push_back((t, p.as_array().map_or(0, Vec::len) - 1));
+            }
+            assert!(r.batches.len() <= IN_FLIGHT);
+        }
+        assert_eq!(total, 1000);
+        assert_eq!(r.queued(), 0);
+    }
+
+    #[test]
+    fn a_lost_race_requeues_the_innocent_rows_of_the_batch() {
+        let shared = shared_with(3);
+        let mut r = Reconciler::default();
+        look_all(&mut r, &shared);
+        let sent = r.next_batches(&shared, "l");
+        let (token, params) = &sent[0];
+        let n = params.as_array().map_or(0, Vec::len) - 1;
+        // The second row's wait failed: the first and third are planned again.
+        let mut result = vec![json!({}), json!({}), json!({})];
+        result.push(json!({"error": "timed out", "details": "\"where\" clause test failed"}));
+        result.resize(n, Value::Null);
+        let reply = json!({"id": 1, "result": result, "error": null});
+        assert_eq!(r.answered(&shared, *token, &reply), Answer::Done);
+        assert_eq!(r.queued(), 2);
+        assert!(r.in_flight().is_empty());
+        // The lock lost: said so.
+        let sent = r.next_batches(&shared, "l");
+        let reply = json!({"id": 2, "result": [{"error": "not owner"}, null], "error": null});
+        assert_eq!(r.answered(&shared, sent[0].0, &reply), Answer::NotOwner);
+    }
+
+    #[test]
+    fn a_newer_state_replaces_the_planned_fix() {
+        let shared = shared_with(1);
+        let mut r = Reconciler::default();
+        look_all(&mut r, &shared);
+        // The row changes before the fix went out: fixed already by its writer.
+        let uuid = shared.cache.tagged("migration-destination")[0];
+        let u = uuid.to_string();
+        shared
+            .cache
+            .apply(&json!({"Logical_Switch_Port": {u: {"modify": {"options": ["map", [["requested-chassis", "hv1,hv2"], ["activation-strategy", "rarp"]]]}}}}).to_string())
+            .expect("apply");
+        let row = shared.cache.row(uuid).expect("row");
+        let state = row.state(uuid);
+        r.look(&shared, uuid, Pre::Unseen, row, &state);
+        assert_eq!(r.queued(), 0);
+        assert!(r.next_batches(&shared, "l").is_empty());
+    }
+}

@@ -314,7 +314,26 @@ impl NbCluster {
     }
 
     pub fn unix_remote(&self, i: usize) -> String {
-        format!("unix:{}", self.member(i).join("nb.sock").display())
+        format!("unix:{}", self.socket(i).display())
+    }
+
+    /// Member `i`'s unix socket.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.member(i).join("nb.sock")
+    }
+
+    /// Whether member `i` runs (it may have been killed).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members.get(i).is_some_and(Option::is_some)
+    }
+
+    /// Starts member `i` again (after `kill`) on its database file; it rejoins the cluster.
+    /// Its TCP port changes; its unix socket stays.
+    pub fn restart_member(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        self.members[i] = Some(self.launch(i)?);
+        self.ports[i] = self.wait_up(i)?;
+        Ok(())
     }
 
     pub fn tcp_remote(&self, i: usize) -> String {

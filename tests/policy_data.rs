@@ -115,3 +115,29 @@ fn policy_fixtures() {
     assert!(errors.is_empty(), "{} failure(s):\n{}", errors.len(), errors.join("\n"));
     println!("{} policy fixtures replayed", files.len());
 }
+
+/// Rewrites each fixture's `expect.params` and `expect.upstream_ops` from what the policy plans
+/// now (run by hand after a deliberate change of the rewrite's shape; review the diff).
+#[test]
+#[ignore = "rewrites testdata/policy; run by hand"]
+fn regenerate_expected_params() {
+    for path in cases() {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut case: Value = serde_json::from_str(&text).expect("json");
+        let cfg: PolicyConfig = case
+            .get("config")
+            .map(|c| serde_json::from_value(c.clone()).expect("config"))
+            .unwrap_or_default();
+        let cache: Vec<LspState> = serde_json::from_value(case["cache"].clone()).expect("cache");
+        let plan = plan_transact(&case["transact"], &StaticView::new(cache), &cfg);
+        let params = plan.rewritten.clone().unwrap_or(Value::Null);
+        if case["expect"]["params"] == params && case["expect"]["upstream_ops"] == plan.upstream_ops {
+            continue;
+        }
+        case["expect"]["params"] = params;
+        case["expect"]["upstream_ops"] = plan.upstream_ops.into();
+        let out = serde_json::to_string_pretty(&case).expect("ser") + "\n";
+        std::fs::write(&path, out).expect("write");
+        println!("rewrote {}", path.display());
+    }
+}

@@ -649,7 +649,8 @@ mod tests {
         // even once finalized (requested-chassis=dst): the source comes from the memory
         let mem = Remembers { finalized: true, source: Some("hv1") };
         let failed_after = row(&[(RC, "hv2")], &[(DST, "hv2"), (PHASE, "failed")]);
-        let got = desired_with(Pre::Known(&finalized), &failed_after, &cfg, &mem).expect("ok").expect("migrating");
+        let got =
+            desired_with(Pre::Known(&finalized), &failed_after, &cfg, &mem).expect("ok").expect("migrating");
         assert_eq!((got.opts, got.cause), (opts(Some("hv1"), None), Cause::Failed));
     }
 

@@ -320,6 +320,10 @@ struct Work {
     ever_tagged: bool,
     /// Last op that wrote `options` or `external_ids`, and whether it matched this row alone.
     last_write: Option<(usize, bool)>,
+    /// The row's `external_ids` after the transaction come from the client (inserted, or
+    /// written whole by an `update`), not from the proxy's cache: the migration state the
+    /// decision rests on is the client's own.
+    ext_from_client: bool,
 }
 
 /// A row an op may match: already a working copy, or still only in the view.
@@ -362,6 +366,7 @@ impl<'a> Sim<'a> {
             tainted: false,
             ever_tagged,
             last_write: None,
+            ext_from_client: false,
         });
         i
     }
@@ -478,6 +483,7 @@ impl<'a> Sim<'a> {
                 write.apply(&mut cur);
                 let i = self.push(None, cur, uuid_name.clone());
                 self.rows[i].last_write = Some((k, true));
+                self.rows[i].ext_from_client = true;
                 self.register_name(uuid_name.clone(), Some(i))?;
             }
             Step::Update { conds, write } => {
@@ -485,6 +491,11 @@ impl<'a> Sim<'a> {
                 // An unresolved rename alone is ignored, as any other unresolved non-map write.
                 if certain || write.writes_maps() {
                     self.write(k, &rows, certain, write.writes_maps(), |r| write.apply(r));
+                    if write.external_ids.is_some() {
+                        for &i in &rows {
+                            self.rows[i].ext_from_client = true;
+                        }
+                    }
                 }
             }
             Step::Mutate { conds, muts } => {
@@ -589,7 +600,11 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
             continue;
         }
         let port = port();
-        if single && steps[k].can_edit_options() {
+        // In place only when the migration state the decision rests on is the client's own:
+        // an edit computed from a cache one monitor round trip behind could not be taken back,
+        // and would overwrite what the writer chose (a `requested-chassis` set on a finished
+        // migration, say). Otherwise the fix is appended, conditional on the state assumed.
+        if single && steps[k].can_edit_options() && w.ext_from_client {
             let ops = out.get_or_insert_with(|| params.as_array().cloned().unwrap_or_default());
             if let Some(op) = ops.get_mut(k + 1) {
                 match steps[k] {
@@ -601,13 +616,21 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
             let where_ = match (&w.pre, &w.named, w.cur.uuid.is_empty()) {
                 // An existing row: what the proxy computed rests on its cache, which may be one
                 // monitor round trip behind. The appended op only applies if the row is, after
-                // the client's ops, exactly as the proxy assumed; otherwise it matches nothing
-                // (not an error) and the reconciler decides from the real state.
+                // the client's ops, as the proxy assumed in what the decision reads (every tag:
+                // `external_ids` whole; `requested-chassis`: the pair, or the whole `options`
+                // when the key is absent, since absence has no OVSDB condition of its own);
+                // otherwise it matches nothing (not an error) and the reconciler decides from
+                // the real state. Other option keys do not matter to the decision.
                 (Some(pre), _, _) => {
                     let mut w_ = where_uuid(&UuidRef::Uuid(pre.uuid.clone()));
                     if let Some(conds) = w_.as_array_mut() {
                         let as_map = |m: &StrMap| map_json(m.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                        conds.push(json!(["options", "==", as_map(&w.cur.options)]));
+                        conds.push(match w.cur.options.get(REQUESTED_CHASSIS) {
+                            Some(rc) => {
+                                json!(["options", "includes", map_json([(REQUESTED_CHASSIS, rc.as_str())])])
+                            }
+                            None => json!(["options", "==", as_map(&w.cur.options)]),
+                        });
                         conds.push(json!(["external_ids", "==", as_map(&w.cur.external_ids)]));
                     }
                     w_

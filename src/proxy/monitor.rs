@@ -412,6 +412,8 @@ impl NbHandler {
         let now = SystemTime::now();
         let timelines = &shared.timelines;
         let reconciling = self.reconciling() && !initial;
+        // A change of a few rows is someone's write: its fixes go before a burst's.
+        let urgent = touched.len() <= 8;
         for t in touched {
             let Some(after) = &t.after else {
                 if let Some(before) = &t.before {
@@ -432,7 +434,14 @@ impl NbHandler {
             if reconciling {
                 // Decided with the memory as it was before this change.
                 let before = t.before.as_ref().map(|b| b.state(t.uuid));
-                self.rec.look(&shared, t.uuid, Pre::from_option(before.as_ref()), after.clone(), &row);
+                self.rec.look(
+                    &shared,
+                    t.uuid,
+                    Pre::from_option(before.as_ref()),
+                    after.clone(),
+                    &row,
+                    urgent,
+                );
             }
             for stage in timelines.observe_nb(&row, &policy, now) {
                 if !initial {
@@ -453,7 +462,7 @@ impl NbHandler {
         for uuid in shared.cache.tagged(&key) {
             let Some(row) = shared.cache.row(uuid) else { continue };
             let state = row.state(uuid);
-            self.rec.look(&shared, uuid, Pre::Unseen, row, &state);
+            self.rec.look(&shared, uuid, Pre::Unseen, row, &state, false);
         }
         if self.rec.queued() > 0 {
             info!(ports = self.rec.queued(), "ports to fix found at the reconciler's first look");
@@ -472,6 +481,7 @@ impl NbHandler {
         self.batches()
     }
 
+    /// The lock went to another proxy (`stolen`, `not owner`): it decides now.
     fn lost_lock(&mut self) {
         if self.holding {
             warn!(lock = %self.lock, "reconciler lock lost");
@@ -492,8 +502,8 @@ impl Handler for NbHandler {
     }
 
     fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError> {
-        self.rec.clear();
         let touched = self.shared.cache.reset(result.get())?;
+        self.rec.revalidate(&self.shared.cache);
         self.shared.mark_synced();
         self.shared.metrics.monitor_resyncs.inc();
         info!(ports = self.shared.cache.len(), "port cache synchronised");
@@ -560,7 +570,7 @@ impl Handler for NbHandler {
                 let state = row.state(uuid);
                 // The row itself is its previous state: the migration goes on, only what the
                 // proxy knows of it changed.
-                self.rec.look(&shared, uuid, Pre::Known(&state), row, &state);
+                self.rec.look(&shared, uuid, Pre::Known(&state), row, &state, true);
             }
         }
         self.batches()
@@ -568,8 +578,10 @@ impl Handler for NbHandler {
 
     fn disconnected(&mut self) {
         self.shared.set_unsynced();
-        self.rec.clear();
-        self.lost_lock();
+        // The lock goes with the connection; the planned fixes wait for the next one.
+        self.rec.detach();
+        self.holding = false;
+        self.shared.metrics.reconciler_lock_held.set(0);
     }
 
     fn reconnected(&mut self) {

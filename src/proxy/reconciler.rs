@@ -51,8 +51,11 @@ pub(super) enum Answer {
 #[derive(Default)]
 pub(super) struct Reconciler {
     planned: HashMap<Uuid, Planned>,
-    /// The order in which planned rows go out (may hold rows no longer planned: skipped).
-    order: VecDeque<Uuid>,
+    /// The queues planned rows go out from (they may hold rows no longer planned: skipped):
+    /// rows a small change touched first, so that one port's fix never waits behind a burst or
+    /// a first pass over thousands.
+    urgent: VecDeque<Uuid>,
+    bulk: VecDeque<Uuid>,
     /// Rows in a transaction in flight, with the state the fix was planned from.
     busy: HashMap<Uuid, Arc<Row>>,
     batches: HashMap<u64, Vec<Planned>>,
@@ -65,8 +68,17 @@ pub(super) struct Reconciler {
 impl Reconciler {
     /// Decides for one row, from what is known of it before this change (`pre`), its current
     /// state `seen` (and `row`, the same as the policy reads it). Replaces any fix planned
-    /// for the row before.
-    pub(super) fn look(&mut self, shared: &Shared, uuid: Uuid, pre: Pre<'_>, seen: Arc<Row>, row: &LspState) {
+    /// for the row before. `urgent`: the row comes from a small change (not a burst, not a
+    /// first pass): its fix goes first.
+    pub(super) fn look(
+        &mut self,
+        shared: &Shared,
+        uuid: Uuid,
+        pre: Pre<'_>,
+        seen: Arc<Row>,
+        row: &LspState,
+        urgent: bool,
+    ) {
         if self.busy.get(&uuid).is_some_and(|b| Arc::ptr_eq(b, &seen) || **b == *seen) {
             return; // the fix for exactly this state is on its way
         }
@@ -74,8 +86,11 @@ impl Reconciler {
         match plan_reconcile(pre, row, &policy, &shared.view()) {
             Ok(Some(fix)) => {
                 self.skipped.remove(&uuid);
-                if self.planned.insert(uuid, Planned { uuid, seen, fix }).is_none() {
-                    self.order.push_back(uuid);
+                let new = self.planned.insert(uuid, Planned { uuid, seen, fix }).is_none();
+                if urgent {
+                    self.urgent.push_back(uuid);
+                } else if new {
+                    self.bulk.push_back(uuid);
                 }
             }
             Ok(None) => {
@@ -107,10 +122,38 @@ impl Reconciler {
         self.attempts.remove(&uuid);
     }
 
-    /// The connection is gone: what was in flight will never be answered, what was planned
-    /// rests on a state that will be read again.
+    /// The lock is gone: another proxy decides now.
     pub(super) fn clear(&mut self) {
         *self = Reconciler::default();
+    }
+
+    /// The connection is gone: what was in flight will never be answered (it may or may not
+    /// have been committed) and goes back to the queue with what was planned; both are checked
+    /// against the rows the next synchronisation brings ([`Reconciler::revalidate`]). A fix
+    /// planned from a change the proxy will not see again (an abort: the tag removal is only
+    /// visible against the previous state) is so kept across a database restart.
+    pub(super) fn detach(&mut self) {
+        self.busy.clear();
+        for (_, batch) in self.batches.drain() {
+            for p in batch {
+                if !self.planned.contains_key(&p.uuid) {
+                    self.bulk.push_back(p.uuid);
+                    self.planned.insert(p.uuid, p);
+                }
+            }
+        }
+    }
+
+    /// After a (re)synchronisation: a planned fix stays if its row is still exactly as the fix
+    /// was planned from (else the row's new state is looked at by the first pass).
+    pub(super) fn revalidate(&mut self, cache: &crate::cache::LspCache) {
+        self.planned.retain(|uuid, p| match cache.row(*uuid) {
+            Some(now) if *now == *p.seen => {
+                p.seen = now;
+                true
+            }
+            _ => false,
+        });
     }
 
     pub(super) fn queued(&self) -> usize {
@@ -122,10 +165,10 @@ impl Reconciler {
     pub(super) fn next_batches(&mut self, shared: &Shared, lock: &str) -> Vec<(u64, Value)> {
         let mut out = Vec::new();
         let mut deferred = Vec::new();
-        while self.batches.len() < IN_FLIGHT && !self.order.is_empty() {
+        while self.batches.len() < IN_FLIGHT && !(self.urgent.is_empty() && self.bulk.is_empty()) {
             let mut batch = Vec::new();
             while batch.len() < BATCH {
-                let Some(uuid) = self.order.pop_front() else { break };
+                let Some(uuid) = self.urgent.pop_front().or_else(|| self.bulk.pop_front()) else { break };
                 if self.busy.contains_key(&uuid) {
                     if self.planned.contains_key(&uuid) {
                         deferred.push(uuid);
@@ -169,7 +212,7 @@ impl Reconciler {
             self.batches.insert(token, batch);
             out.push((token, Value::Array(params)));
         }
-        self.order.extend(deferred);
+        self.bulk.extend(deferred);
         shared.metrics.reconcile_queue.set(self.planned.len() as i64);
         out
     }
@@ -205,7 +248,7 @@ impl Reconciler {
                 // Not written, through no fault of its own: planned again (unless a newer
                 // state replaced it meanwhile).
                 if !self.planned.contains_key(&p.uuid) {
-                    self.order.push_back(p.uuid);
+                    self.bulk.push_back(p.uuid);
                     self.planned.insert(p.uuid, p);
                 }
                 continue;
@@ -219,7 +262,7 @@ impl Reconciler {
                 self.planned.remove(&p.uuid);
             } else if culprit.is_none() && !self.planned.contains_key(&p.uuid) {
                 // The whole transaction failed (commit error, JSON-RPC error): try again.
-                self.order.push_back(p.uuid);
+                self.bulk.push_back(p.uuid);
                 self.planned.insert(p.uuid, p);
             }
         }
@@ -239,26 +282,67 @@ mod tests {
         }
     }
 
-    fn shared_with(n: usize) -> Shared {
-        let shared = Shared::new(PolicyConfig::default(), false, false, false);
+    /// `n` tagged rows, all needing a fix; `extra` added to row 0's options.
+    fn initial(n: usize, extra: Option<(&str, &str)>) -> String {
         let mut rows = serde_json::Map::new();
         for i in 0..n {
             let uuid = format!("00000000-0000-4000-8000-{i:012}");
+            let mut options = vec![json!(["requested-chassis", "hv1"])];
+            if let (0, Some((k, v))) = (i, extra) {
+                options.push(json!([k, v]));
+            }
             rows.insert(
                 uuid,
-                json!({"initial": {"name": format!("p{i}"), "options": ["map", [["requested-chassis", "hv1"]]],
+                json!({"initial": {"name": format!("p{i}"), "options": ["map", options],
                     "external_ids": ["map", [["migration-destination", "hv2"]]]}}),
             );
         }
-        shared.cache.reset(&json!({"Logical_Switch_Port": rows}).to_string()).expect("reset");
+        json!({"Logical_Switch_Port": rows}).to_string()
+    }
+
+    fn shared_with(n: usize) -> Shared {
+        let shared = Shared::new(PolicyConfig::default(), false, false, false);
+        shared.cache.reset(&initial(n, None)).expect("reset");
         shared
+    }
+
+    #[test]
+    fn planned_fixes_survive_a_resync_if_their_rows_did_not_change() {
+        let shared = shared_with(3);
+        let mut r = Reconciler::default();
+        look_all(&mut r, &shared);
+        assert_eq!(r.next_batches(&shared, "l").len(), 1);
+        // The connection goes with the batch in flight: back to the queue.
+        r.detach();
+        assert_eq!((r.queued(), r.in_flight().len()), (3, 0));
+        // The resynchronisation shows row 0 changed meanwhile: its fix goes; the others stay.
+        shared.cache.reset(&initial(3, Some(("x", "1")))).expect("reset");
+        r.revalidate(&shared.cache);
+        assert_eq!(r.queued(), 2);
+        let sent = r.next_batches(&shared, "l");
+        assert_eq!(sent[0].1.as_array().map(Vec::len), Some(1 + 1 + 2 * 2 + 1));
+    }
+
+    #[test]
+    fn a_small_change_goes_before_a_burst() {
+        let shared = shared_with(300);
+        let mut r = Reconciler::default();
+        look_all(&mut r, &shared);
+        let last =
+            *shared.cache.tagged("migration-destination").iter().max_by_key(|u| u.to_string()).expect("rows");
+        let row = shared.cache.row(last).expect("row");
+        let state = row.state(last);
+        r.look(&shared, last, Pre::Unseen, row, &state, true);
+        let sent = r.next_batches(&shared, "l");
+        let first = sent[0].1[3]["where"][0][2][1].as_str().unwrap_or_default().to_string();
+        assert_eq!(first, last.to_string(), "the urgent row is in the first batch, first");
     }
 
     fn look_all(r: &mut Reconciler, shared: &Shared) {
         for uuid in shared.cache.tagged("migration-destination") {
             let row = shared.cache.row(uuid).expect("row");
             let state = row.state(uuid);
-            r.look(shared, uuid, Pre::Unseen, row, &state);
+            r.look(shared, uuid, Pre::Unseen, row, &state, false);
         }
     }
 
@@ -330,7 +414,7 @@ mod tests {
             .expect("apply");
         let row = shared.cache.row(uuid).expect("row");
         let state = row.state(uuid);
-        r.look(&shared, uuid, Pre::Unseen, row, &state);
+        r.look(&shared, uuid, Pre::Unseen, row, &state, true);
         assert_eq!(r.queued(), 0);
         assert!(r.next_batches(&shared, "l").is_empty());
     }

@@ -5,7 +5,7 @@
 //! tags, so it can compute what the contract (README, "The contract") says each port's options
 //! must be, independently: nothing here calls the policy code.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ pub const RC: &str = "requested-chassis";
 pub const AS: &str = "activation-strategy";
 pub const TAGS: [&str; 4] = [DST, SRC, PHASE, STRAT];
 
-pub type StrMap = BTreeMap<String, String>;
+pub use super::StrMap;
 
 pub fn port_name(w: usize, j: usize) -> String {
     format!("w{w:02}p{j}")
@@ -246,6 +246,9 @@ pub struct Writer {
     pub markers: HashMap<(usize, usize), String>,
     seq: u64,
     pub tally: Tally,
+    /// Port name → uuid: ops address ports by `_uuid` (as the IDL and libovsdb do) when given,
+    /// by `name` otherwise (which makes ovsdb-server scan the table).
+    pub uuids: Option<std::sync::Arc<HashMap<String, String>>>,
 }
 
 impl Writer {
@@ -257,6 +260,14 @@ impl Writer {
             markers: HashMap::new(),
             seq: 0,
             tally: Tally::default(),
+            uuids: None,
+        }
+    }
+
+    fn where_of(&self, port: &str) -> Value {
+        match self.uuids.as_ref().and_then(|u| u.get(port)) {
+            Some(uuid) => json!([["_uuid", "==", ["uuid", uuid]]]),
+            None => by_name(port),
         }
     }
 
@@ -292,10 +303,10 @@ impl Writer {
         }
         ext.extend(tags.clone());
         let op = if j < PRIVATE {
-            json!({"op": "update", "table": "Logical_Switch_Port", "where": by_name(&port),
+            json!({"op": "update", "table": "Logical_Switch_Port", "where": self.where_of(&port),
                    "row": {"external_ids": map_of(&ext)}})
         } else {
-            json!({"op": "mutate", "table": "Logical_Switch_Port", "where": by_name(&port),
+            json!({"op": "mutate", "table": "Logical_Switch_Port", "where": self.where_of(&port),
                    "mutations": [["external_ids", "delete", ["set", TAGS]], ["external_ids", "insert", map_of(&tags)]]})
         };
         if link.commit(vec![op.clone()]) {
@@ -403,7 +414,7 @@ impl Writer {
         if self.rng.chance(10) {
             options.insert(AS.into(), "stale".into());
         }
-        let op = json!({"op": "update", "table": "Logical_Switch_Port", "where": by_name(&port),
+        let op = json!({"op": "update", "table": "Logical_Switch_Port", "where": self.where_of(&port),
                         "row": {"options": map_of(&options)}});
         if link.commit(vec![op.clone()]) {
             self.ports[j].apply(&op, |o, _| *o = options);
@@ -420,7 +431,7 @@ impl Writer {
             1 => (AS.to_string(), "stale".to_string()),
             _ => ("own".to_string(), format!("m{}", self.seq)),
         };
-        let op = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": by_name(&port),
+        let op = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": self.where_of(&port),
                         "mutations": [["options", "delete", ["set", [key]]],
                                       ["options", "insert", ["map", [[key, value]]]]]});
         if link.commit(vec![op.clone()]) {
@@ -437,7 +448,7 @@ impl Writer {
         let j = PRIVATE + self.rng.below(PORTS_PER_WRITER - PRIVATE);
         let key = format!("g{:02}", self.w);
         let value = self.seq.to_string();
-        let op = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": by_name(&port_name(owner, j)),
+        let op = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": self.where_of(&port_name(owner, j)),
                         "mutations": [["external_ids", "delete", ["set", [key]]],
                                       ["external_ids", "insert", ["map", [[key, value]]]]]});
         if link.commit(vec![op]) {
@@ -448,7 +459,6 @@ impl Writer {
 }
 
 // ---------------------------------------------------------------------------------------------
-
 
 /// The writers' ports, each pinned to a chassis, and the ops that insert them into `sw` (with
 /// the switch itself when `create_switch`).
@@ -471,7 +481,9 @@ pub fn seed_writers(sw: &str, create_switch: bool) -> (Vec<Vec<PortModel>>, Vec<
         initial.push(mine);
     }
     if create_switch {
-        ops.push(json!({"op": "insert", "table": "Logical_Switch", "row": {"name": sw, "ports": ["set", refs]}}));
+        ops.push(
+            json!({"op": "insert", "table": "Logical_Switch", "row": {"name": sw, "ports": ["set", refs]}}),
+        );
     } else {
         ops.push(json!({"op": "mutate", "table": "Logical_Switch", "where": [["name", "==", sw]],
             "mutations": [["ports", "insert", ["set", refs]]]}));
@@ -542,7 +554,10 @@ pub fn explain(mismatches: &[String], writers: &[Writer], log: &str) -> String {
         detail.push_str(m);
         detail.push('\n');
         let port = m.split(':').next().unwrap_or_default();
-        let (Some(owner), Some(j)) = (port.get(1..3).and_then(|o| o.parse::<usize>().ok()), port.get(4..).and_then(|j| j.parse::<usize>().ok())) else {
+        let (Some(owner), Some(j)) = (
+            port.get(1..3).and_then(|o| o.parse::<usize>().ok()),
+            port.get(4..).and_then(|j| j.parse::<usize>().ok()),
+        ) else {
             continue;
         };
         if let Some(p) = writers.get(owner).and_then(|w| w.ports.get(j)) {

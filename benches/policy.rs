@@ -2,8 +2,9 @@
 //! ports: a Kube-OVN whole-map `update` of options and an ovn-nbctl `set` (`mutate` + comment).
 //! Both need an in-place rewrite, the costlier path.
 //!
-//! Also the user-space work per message on the data path (`inspect_request` on what passes by)
-//! and on the proxy's port monitor (`LspCache` decoding a `<table-updates2>` into its rows).
+//! Also the user-space work per message on the data path (`inspect_request` on what passes by),
+//! on the proxy's port monitor (`LspCache` decoding a `<table-updates2>` into its rows), and in
+//! the migration timelines (independent of how many migrations they hold).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -145,5 +146,48 @@ fn data_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, monitor, data_path);
+/// The migration timelines' cost per change, empty and at production's worst: 50 000 ports
+/// migrating and the 10 000 finished migrations kept (each new one finished drops the oldest).
+/// The cost must not grow with the history.
+fn timelines(c: &mut Criterion) {
+    use ovn_nb_proxy::timeline::Timelines;
+    let cfg = PolicyConfig::default();
+    let now = std::time::SystemTime::now();
+    let port = |name: String, ext: &[(&str, &str)], rc: &str| LspState {
+        uuid: String::new(),
+        name,
+        options: map(&[("requested-chassis", rc)]),
+        external_ids: map(ext),
+    };
+    let mut group = c.benchmark_group("timelines");
+    group.throughput(Throughput::Elements(1));
+    for (label, in_progress, finished) in
+        [("empty", 0, 0), ("50000_migrating_10000_finished", 50_000, 10_000)]
+    {
+        let t = Timelines::new();
+        for i in 0..in_progress {
+            t.observe_nb(&port(format!("m{i}"), &[("migration-destination", "hv2")], "hv1"), &cfg, now);
+        }
+        for i in 0..finished {
+            let name = format!("f{i}");
+            t.observe_nb(&port(name.clone(), &[("migration-destination", "hv2")], "hv1"), &cfg, now);
+            let done = [("migration-destination", "hv2"), ("migration-phase", "succeeded")];
+            t.observe_nb(&port(name, &done, "hv2"), &cfg, now);
+        }
+        let mut n = 0u64;
+        group.bench_function(format!("a_migration_started_and_finished_{label}"), |b| {
+            b.iter(|| {
+                n += 1;
+                let name = format!("b{n}");
+                t.observe_nb(&port(name.clone(), &[("migration-destination", "hv3")], "hv1"), &cfg, now);
+                let done = [("migration-destination", "hv3"), ("migration-phase", "failed")];
+                black_box(t.observe_nb(&port(name, &done, "hv1"), &cfg, now));
+            })
+        });
+        assert!(t.len() <= in_progress + 10_000, "finished ones are bounded");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, monitor, data_path, timelines);
 criterion_main!(benches);

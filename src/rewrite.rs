@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::cache::LspCache;
 use crate::policy::{
-    map_result, plan_transact, Change, LspState, LspView, Memory, Opts, Plan, PolicyConfig, SkipReason,
+    map_result, plan_transact_within, Change, LspState, LspView, Memory, Opts, Plan, PolicyConfig, SkipReason,
 };
 use crate::timeline::Timelines;
 use crate::wire::{id_key, Envelope, Kind};
@@ -81,6 +81,9 @@ impl LspView for PortsView<'_> {
     }
     fn all(&self) -> Vec<LspState> {
         self.cache.all()
+    }
+    fn size(&self) -> usize {
+        self.cache.len()
     }
 }
 
@@ -213,20 +216,38 @@ impl Inspected {
 
 /// Runs the policy over a client message, if it is a `transact` request on ports.
 pub fn inspect_request(raw: &Bytes, view: &dyn LspView, cfg: &PolicyConfig) -> Option<Inspected> {
+    inspect_request_within(raw, view, cfg, usize::MAX).flatten()
+}
+
+/// `inspect_request`, unless the plan would scan more than `max_scan` ports (a `where` that
+/// names no row, on a big table): then `None`, to be planned off the event loop.
+pub fn inspect_request_within(
+    raw: &Bytes,
+    view: &dyn LspView,
+    cfg: &PolicyConfig,
+    max_scan: usize,
+) -> Option<Option<Inspected>> {
     if !may_touch_ports(raw) {
-        return None;
+        return Some(None);
     }
-    let env = Envelope::parse(raw).ok()?;
-    if env.method.as_deref() != Some("transact") || env.kind() != Kind::Request {
-        return None;
+    let inspected = || -> Option<Result<Inspected, ()>> {
+        let env = Envelope::parse(raw).ok()?;
+        if env.method.as_deref() != Some("transact") || env.kind() != Kind::Request {
+            return None;
+        }
+        let id = env.id_key()?;
+        let raw_params = env.params?;
+        // Deeper than serde_json's default limit: no OVSDB op nests so deep, the server refuses it.
+        let params: Value = serde_json::from_str(raw_params.get()).ok()?;
+        let at = span(raw, raw_params)?;
+        let Some(plan) = plan_transact_within(&params, view, cfg, max_scan) else { return Some(Err(())) };
+        Some(Ok(Inspected { id, plan, raw: raw.clone(), params: at }))
+    };
+    match inspected() {
+        None => Some(None),
+        Some(Ok(ins)) => Some(Some(ins)),
+        Some(Err(())) => None,
     }
-    let id = env.id_key()?;
-    let raw_params = env.params?;
-    // Deeper than serde_json's default limit: no OVSDB op nests so deep, the server refuses it.
-    let params: Value = serde_json::from_str(raw_params.get()).ok()?;
-    let at = span(raw, raw_params)?;
-    let plan = plan_transact(&params, view, cfg);
-    Some(Inspected { id, plan, raw: raw.clone(), params: at })
 }
 
 /// The id a client's `cancel` notification gives up on: its reply will never come (OVS 3.1

@@ -103,7 +103,7 @@ pub struct NbServer {
 
 impl NbServer {
     /// Creates `DIR/nb.db` from the installed schema and starts the server; waits until both
-    /// listeners are up (10 s at most).
+    /// listeners are up (60 s at most).
     pub fn start(dir: &Path) -> Result<Self> {
         Self::start_with(dir, vec!["--remote=ptcp:0:127.0.0.1".into()])
     }
@@ -153,10 +153,11 @@ impl NbServer {
         spawn_server(dir, tcp_args)
     }
 
-    /// Waits (10 s at most) until both listeners are up; returns the TCP port.
+    /// Waits (60 s at most: a big database with a long log takes a while to read back) until
+    /// both listeners are up; returns the TCP port.
     fn wait_up(&mut self) -> Result<u16> {
         let log = self.dir.join("ovsdb-server.log");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -171,7 +172,7 @@ impl NbServer {
                 }
             }
             if Instant::now() > deadline {
-                bail!("ovsdb-server did not come up within 10 s; log:\n{text}");
+                bail!("ovsdb-server did not come up within 60 s; log:\n{text}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -292,14 +293,14 @@ impl NbCluster {
 
     fn wait_up(&self, i: usize) -> Result<u16> {
         let log = self.member(i).join("ovsdb-server.log");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(port) = parse_listening_port(&text) {
                 return Ok(port);
             }
             if Instant::now() > deadline {
-                bail!("cluster member {i} did not come up within 10 s; log:\n{text}");
+                bail!("cluster member {i} did not come up within 60 s; log:\n{text}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -634,7 +634,10 @@ fn run(mut db: Db, cluster: bool) {
     assert!(total.started > 0 && total.unaware_updates > 0, "the writers ran");
     // The proxy's own event loop (/healthz), and what it adds to the database's own latency.
     let bound = Duration::from_millis(k.latency_ms);
-    assert!(healths > 10 && health_worst < bound, "/healthz took {health_worst:?} (bound {bound:?}): the event loop stalled");
+    assert!(
+        healths > 10 && health_worst < bound,
+        "/healthz took {health_worst:?} (bound {bound:?}): the event loop stalled"
+    );
     assert!(
         echo_worst < direct_worst + bound,
         "an echo through the proxy took {echo_worst:?}, directly at most {direct_worst:?} (bound: + {bound:?})"

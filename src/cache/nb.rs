@@ -265,6 +265,9 @@ impl LspView for LspCache {
     fn all(&self) -> Vec<LspState> {
         self.rows.iter().map(|r| r.state(*r.key())).collect()
     }
+    fn size(&self) -> usize {
+        self.rows.len()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

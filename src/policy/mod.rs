@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use config::{load_toml, ConfigError, FileConfig, PolicyConfig};
 pub use decide::{desired, desired_with, plan_reconcile, Desired, Fix, Forgetful, Memory, Pre};
 pub use reply::map_result;
-pub use txn::plan_transact;
+pub use txn::{plan_transact, plan_transact_within};
 
 /// The database whose transactions the policy looks at.
 pub const NB_DB: &str = "OVN_Northbound";
@@ -50,6 +50,8 @@ pub trait LspView: Memory {
     fn by_uuid(&self, uuid: &str) -> Option<LspState>;
     fn by_name(&self, name: &str) -> Option<LspState>;
     fn all(&self) -> Vec<LspState>;
+    /// How many ports `all` would give (what a scan of the table costs).
+    fn size(&self) -> usize;
 }
 
 impl Memory for [LspState] {}
@@ -64,6 +66,9 @@ impl LspView for [LspState] {
     }
     fn all(&self) -> Vec<LspState> {
         self.to_vec()
+    }
+    fn size(&self) -> usize {
+        self.len()
     }
 }
 
@@ -94,6 +99,9 @@ impl LspView for StaticView {
     }
     fn all(&self) -> Vec<LspState> {
         self.rows.clone()
+    }
+    fn size(&self) -> usize {
+        self.rows.len()
     }
 }
 

@@ -341,11 +341,24 @@ struct Sim<'a> {
     named: HashMap<String, Option<usize>>,
     /// An op with an unresolved `where` wrote maps: later ops' match counts are not certain.
     uncertain: bool,
+    /// The most view rows a `where` that names no row may walk (a scan of the whole table).
+    max_scan: usize,
+    /// A scan past `max_scan` was needed: the plan is not made here.
+    scan_refused: bool,
 }
 
 impl<'a> Sim<'a> {
     fn new(view: &'a dyn LspView, cfg: &'a PolicyConfig) -> Self {
-        Sim { view, cfg, rows: Vec::new(), by_uuid: HashMap::new(), named: HashMap::new(), uncertain: false }
+        Sim {
+            view,
+            cfg,
+            rows: Vec::new(),
+            by_uuid: HashMap::new(),
+            named: HashMap::new(),
+            uncertain: false,
+            max_scan: usize::MAX,
+            scan_refused: false,
+        }
     }
 
     fn tagged(&self, row: &LspState) -> bool {
@@ -419,6 +432,10 @@ impl<'a> Sim<'a> {
                 }
             }
         } else {
+            if self.view.size() > self.max_scan {
+                self.scan_refused = true;
+                return Ok((Vec::new(), certain));
+            }
             cands.extend((0..self.rows.len()).map(Cand::Row));
             let by_uuid = &self.by_uuid;
             cands.extend(
@@ -540,6 +557,24 @@ fn edit_mutations(op: &mut Value, opts: &Opts) {
 /// Plans one `transact`: `params` is `[db, op, op, ...]`. Anything other than `OVN_Northbound`,
 /// or an op shape the policy does not understand, is forwarded untouched.
 pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> Plan {
+    plan_transact_within(params, view, cfg, usize::MAX).unwrap_or_else(|| Plan::forward(0))
+}
+
+/// `plan_transact`, unless a `where` that names no row would walk more than `max_scan` ports
+/// of the view (`None`: plan it where a long walk does not matter, off the event loop).
+pub fn plan_transact_within(
+    params: &Value,
+    view: &dyn LspView,
+    cfg: &PolicyConfig,
+    max_scan: usize,
+) -> Option<Plan> {
+    let mut sim = Sim::new(view, cfg);
+    sim.max_scan = max_scan;
+    let plan = plan_with(params, view, cfg, &mut sim);
+    (!sim.scan_refused).then_some(plan)
+}
+
+fn plan_with(params: &Value, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -> Plan {
     let Some((db, ops)) = params.as_array().and_then(|a| a.split_first()) else {
         return Plan::forward(0);
     };
@@ -562,7 +597,6 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
     if steps.iter().all(|s| matches!(s, Step::Ignore | Step::OtherInsert { .. })) {
         return Plan::forward(n);
     }
-    let mut sim = Sim::new(view, cfg);
     for (k, step) in steps.iter().enumerate() {
         if let Err(e) = sim.step(k, step) {
             return unhandled(Some(k), e);
@@ -640,7 +674,7 @@ pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> 
                 // A row inserted without a uuid-name: by its name, if that names it alone. Names
                 // are indexed, so a transaction leaving two ports with one name fails anyway;
                 // a `where` matching several rows would change them all.
-                (None, None, true) if !w.cur.name.is_empty() && names_one_row(&sim, view, &w.cur.name) => {
+                (None, None, true) if !w.cur.name.is_empty() && names_one_row(sim, view, &w.cur.name) => {
                     json!([["name", "==", w.cur.name]])
                 }
                 (None, None, true) => {
@@ -720,6 +754,19 @@ mod tests {
     /// The tagged port `p1` a transaction inserted cannot be addressed after it: left alone.
     const SKIP_NEW_P1: Want =
         Want { appended: 0, changes: &[], skips: &[("p1", SkipReason::UnresolvedWhere)], unhandled: false };
+
+    #[test]
+    fn a_scan_of_a_big_table_is_planned_elsewhere() {
+        let cfg = PolicyConfig::default();
+        let all = json!(["OVN_Northbound", tag(json!([]))]);
+        let by_name = json!(["OVN_Northbound", tag(json!([["name", "==", "p1"]]))]);
+        // The view has 2 ports: a scan within the bound is planned here, past it not.
+        assert!(plan_transact_within(&all, &view(), &cfg, 2).is_some());
+        assert_eq!(plan_transact_within(&all, &view(), &cfg, 1), None);
+        // A where that names its row needs no scan, whatever the bound.
+        let plan = plan_transact_within(&by_name, &view(), &cfg, 0).expect("planned");
+        assert_eq!(plan.changes.len(), 1);
+    }
 
     #[test]
     fn shapes() {

@@ -23,7 +23,8 @@ use crate::policy::SkipReason;
 use crate::record::Recorder;
 use crate::rewrite::{
     audit, audit_refused, audit_stale, audit_unconfirmed, audit_yield, cancelled_id, fix_reply,
-    inspect_request, may_touch_ports, skip_message, Audit, Inspected, Outcome, Pending, PendingMap,
+    inspect_request, inspect_request_within, may_touch_ports, skip_message, Audit, Inspected, Outcome,
+    Pending, PendingMap,
 };
 use crate::wire::{Chunk, FrameCodec, FrameError};
 
@@ -276,6 +277,8 @@ struct ClientTap<'a> {
 
 /// A transaction this big is planned on a blocking thread, off the event loop.
 const PLAN_OFF_LOOP: usize = 64 * 1024;
+/// So is one whose `where` would walk more ports than this (it names no row, the table is big).
+const SCAN_ON_LOOP: usize = 2000;
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -297,10 +300,14 @@ impl Tap for ClientTap<'_> {
             return Forward::Now(self.record(raw, None));
         }
         let hold = !self.shared.dry_run && !self.shared.cache.is_synced();
-        let off_loop = raw.len() > PLAN_OFF_LOOP;
+        let mut off_loop = raw.len() > PLAN_OFF_LOOP;
         if !hold && !off_loop {
-            let ins = inspect_request(&raw, &self.shared.view(), &self.shared.policy());
-            return Forward::Now(self.apply(raw, ins));
+            let shared = self.shared;
+            match inspect_request_within(&raw, &shared.view(), &shared.policy(), SCAN_ON_LOOP) {
+                Some(ins) => return Forward::Now(self.apply(raw, ins)),
+                // A `where` that names no row, on a big table: walked off the event loop.
+                None => off_loop = true,
+            }
         }
         let (shared, timeout) = (self.shared.clone(), self.sync_timeout);
         Forward::Later(Box::pin(async move {

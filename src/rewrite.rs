@@ -70,6 +70,9 @@ impl Memory for PortsView<'_> {
     fn source(&self, port: &str, destination: &str, finished: bool) -> Option<String> {
         self.timelines.source_of(port, destination, finished)
     }
+    fn aborted(&self, port: &str) -> Option<(String, String)> {
+        self.timelines.open_abort(port)
+    }
 }
 
 impl LspView for PortsView<'_> {

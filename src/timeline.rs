@@ -101,6 +101,9 @@ pub struct Migration {
     pub binding: Option<Binding>,
     /// Position in the order migrations finished, while finished.
     finished: Option<u64>,
+    /// Aborted (destination tag removed while in progress) with `requested-chassis` still the
+    /// proxy's `src,dst`: the roll back to the source is due, until a row shows otherwise.
+    abort_open: bool,
 }
 
 impl Migration {
@@ -114,7 +117,13 @@ impl Migration {
             events: Vec::new(),
             binding,
             finished: None,
+            abort_open: false,
         }
+    }
+
+    /// `src,dst`, the proxy's `requested-chassis` while this migration is in progress.
+    fn both(&self) -> Option<String> {
+        self.source.as_ref().map(|s| format!("{s},{}", self.destination))
     }
 
     fn reached(&self, stage: Stage) -> bool {
@@ -267,11 +276,16 @@ impl Timelines {
         let mut new = Vec::new();
         let Some(t) = read_tags(row, cfg) else {
             if let Some(mut m) = self.map.get_mut(&row.name) {
+                let rc = row.options.get("requested-chassis");
+                let still_both = m.both().is_some_and(|b| rc == Some(&b));
                 if m.phase == Phase::InProgress {
                     self.set_phase(&mut m, Phase::Aborted);
+                    m.abort_open = still_both;
                     if m.mark(Stage::Aborted, now) {
                         new.push(Stage::Aborted);
                     }
+                } else if m.abort_open && !still_both {
+                    m.abort_open = false;
                 }
             }
             self.trim();
@@ -415,6 +429,22 @@ impl Timelines {
             Phase::Aborted => false,
         };
         (phase_matches && m.destination == destination).then(|| m.source.clone()).flatten()
+    }
+
+    /// `(source, destination)` of the migration of `port` aborted while its options still
+    /// named both chassis, until a row of the port shows `requested-chassis` otherwise: the roll
+    /// back is still due (it survives a fix that lost a race, and a resynchronisation).
+    pub fn open_abort(&self, port: &str) -> Option<(String, String)> {
+        let m = self.map.get(port)?;
+        if m.phase != Phase::Aborted || !m.abort_open {
+            return None;
+        }
+        Some((m.source.clone()?, m.destination.clone()))
+    }
+
+    /// The ports whose roll back is still due.
+    pub fn open_aborts(&self) -> Vec<String> {
+        self.map.iter().filter(|m| m.phase == Phase::Aborted && m.abort_open).map(|m| m.key().clone()).collect()
     }
 
     /// The port is gone from the NB: so is its timeline.
@@ -769,5 +799,28 @@ mod tests {
         t.observe_nb(&row(&[("migration-destination", "hv2")], "hv1"), &cfg, at(3));
         assert!(!t.is_finalized("vm1", "hv2"));
         assert_eq!(t.in_progress(), 1);
+    }
+
+    #[test]
+    fn an_abort_stays_due_until_a_row_shows_it_done() {
+        let t = Timelines::new();
+        let cfg = PolicyConfig::default();
+        t.observe_nb(&row(&[("migration-destination", "hv2")], "hv1,hv2"), &cfg, at(0));
+        assert_eq!(t.open_abort("vm1"), None, "in progress");
+        t.observe_nb(&row(&[], "hv1,hv2"), &cfg, at(1));
+        assert_eq!(t.open_abort("vm1"), Some(("hv1".into(), "hv2".into())));
+        assert_eq!(t.open_aborts(), vec!["vm1".to_string()]);
+        // Another change of the port that leaves the options: still due.
+        let mut other = row(&[("owner", "me")], "hv1,hv2");
+        other.options.insert("own".into(), "x".into());
+        t.observe_nb(&other, &cfg, at(2));
+        assert!(t.open_abort("vm1").is_some());
+        // Rolled back: done.
+        t.observe_nb(&row(&[], "hv1"), &cfg, at(3));
+        assert_eq!(t.open_abort("vm1"), None);
+        // An abort whose options a writer had already changed is not due at all.
+        t.observe_nb(&row(&[("migration-destination", "hv3")], "hv1,hv3"), &cfg, at(4));
+        t.observe_nb(&row(&[], "hv9"), &cfg, at(5));
+        assert_eq!(t.open_abort("vm1"), None);
     }
 }

@@ -134,6 +134,12 @@ pub trait Memory {
     fn source(&self, _port: &str, _destination: &str, _finished: bool) -> Option<String> {
         None
     }
+
+    /// `(source, destination)` of a migration of `port` the proxy saw aborted (destination tag
+    /// removed while in progress, options still `src,dst`) and not yet rolled back.
+    fn aborted(&self, _port: &str) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// No memory: the rows alone decide.
@@ -181,8 +187,9 @@ pub fn desired_with(
     let tags = Tags::read(&post.external_ids, cfg);
     let Some(dst) = tags.dst else {
         return Ok(match pre {
-            Pre::Known(p) => abort(p, post, cfg, mem),
-            Pre::Inserted | Pre::Unseen => None,
+            Pre::Known(p) => abort(p, post, cfg, mem).or_else(|| due_abort(post, mem)),
+            Pre::Unseen => due_abort(post, mem),
+            Pre::Inserted => None,
         });
     };
     let dst = check_name(dst)?;
@@ -244,6 +251,14 @@ pub fn desired_with(
     };
     let cause = if same_state { Cause::Reasserted } else { cause };
     Ok(Some(Desired { opts, cause }))
+}
+
+/// A roll back the proxy saw due and not done yet (its first fix lost a race, or a
+/// resynchronisation came between): still due while the options are the proxy's `src,dst`.
+fn due_abort(post: &LspState, mem: &dyn Memory) -> Option<Desired> {
+    let (src, dst) = mem.aborted(&post.name)?;
+    let due = post.options.get(REQUESTED_CHASSIS) == Some(&format!("{src},{dst}"));
+    due.then_some(Desired { opts: Opts { requested_chassis: Some(src), activation_strategy: None }, cause: Cause::Aborted })
 }
 
 /// The destination tag went away while the migration was in progress and the options are still
@@ -776,6 +791,27 @@ mod tests {
             let want = want.map(|o| o.map(|(rc, s)| opts(rc, s)));
             assert_eq!(got, want, "case {name}");
         }
+    }
+
+    #[test]
+    fn an_abort_still_due_is_made_without_the_tagged_pre_state() {
+        struct Due;
+        impl Memory for Due {
+            fn aborted(&self, port: &str) -> Option<(String, String)> {
+                (port == "p1").then(|| ("hv1".into(), "hv2".into()))
+            }
+        }
+        let cfg = PolicyConfig::default();
+        let untagged = row(&[(RC, "hv1,hv2"), (AS, "rarp"), ("own", "x")], &[("g", "1")]);
+        for pre in [Pre::Known(&untagged), Pre::Unseen] {
+            let got = desired_with(pre, &untagged, &cfg, &Due).expect("ok").expect("due");
+            assert_eq!((got.opts, got.cause), (opts(Some("hv1"), None), Cause::Aborted));
+        }
+        // Options moved on: nothing due.
+        let moved = row(&[(RC, "hv3")], &[]);
+        assert_eq!(desired_with(Pre::Unseen, &moved, &cfg, &Due), Ok(None));
+        // Nothing remembered: an untagged port is not the policy's business.
+        assert_eq!(desired_with(Pre::Unseen, &untagged, &cfg, &Forgetful), Ok(None));
     }
 
     #[test]

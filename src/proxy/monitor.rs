@@ -459,7 +459,9 @@ impl NbHandler {
         let shared = self.shared.clone();
         let key = shared.policy().destination_key.clone();
         // One row at a time: a copy of every row at once would cost the table's size again.
-        for uuid in shared.cache.tagged(&key) {
+        // The tagged rows, and the untagged ones whose roll back is still due.
+        let due = shared.timelines.open_aborts().into_iter().filter_map(|p| shared.cache.uuid_of(&p));
+        for uuid in shared.cache.tagged(&key).into_iter().chain(due) {
             let Some(row) = shared.cache.row(uuid) else { continue };
             let state = row.state(uuid);
             self.rec.look(&shared, uuid, Pre::Unseen, row, &state, false);

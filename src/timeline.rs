@@ -444,7 +444,11 @@ impl Timelines {
 
     /// The ports whose roll back is still due.
     pub fn open_aborts(&self) -> Vec<String> {
-        self.map.iter().filter(|m| m.phase == Phase::Aborted && m.abort_open).map(|m| m.key().clone()).collect()
+        self.map
+            .iter()
+            .filter(|m| m.phase == Phase::Aborted && m.abort_open)
+            .map(|m| m.key().clone())
+            .collect()
     }
 
     /// The port is gone from the NB: so is its timeline.

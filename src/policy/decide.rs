@@ -258,7 +258,10 @@ pub fn desired_with(
 fn due_abort(post: &LspState, mem: &dyn Memory) -> Option<Desired> {
     let (src, dst) = mem.aborted(&post.name)?;
     let due = post.options.get(REQUESTED_CHASSIS) == Some(&format!("{src},{dst}"));
-    due.then_some(Desired { opts: Opts { requested_chassis: Some(src), activation_strategy: None }, cause: Cause::Aborted })
+    due.then_some(Desired {
+        opts: Opts { requested_chassis: Some(src), activation_strategy: None },
+        cause: Cause::Aborted,
+    })
 }
 
 /// The destination tag went away while the migration was in progress and the options are still

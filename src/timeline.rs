@@ -297,17 +297,26 @@ impl Timelines {
         if restart != Some(false) {
             // First sight of this migration (or a new migration of the same port). One first
             // seen already finished is a leftover the proxy did not watch: nothing to record.
-            let binding = if restart == Some(true) {
-                self.map.get(&row.name).and_then(|m| m.binding.clone())
-            } else {
-                None
+            // A migration in progress moved to another destination keeps its source.
+            let (binding, moved_from) = match (restart, self.map.get(&row.name)) {
+                (Some(true), Some(m)) => {
+                    let moved = (m.phase == Phase::InProgress && t.phase == Phase::InProgress)
+                        .then(|| m.source.clone().zip(m.source_origin))
+                        .flatten();
+                    (m.binding.clone(), moved)
+                }
+                _ => (None, None),
             };
             self.drop_entry(&row.name);
             if t.phase != Phase::InProgress {
                 self.trim();
                 return new;
             }
-            let m = Migration::new(&row.name, t.destination.clone(), Phase::Aborted, binding);
+            let mut m = Migration::new(&row.name, t.destination.clone(), Phase::Aborted, binding);
+            if let Some((source, origin)) = moved_from {
+                m.source = Some(source);
+                m.source_origin = Some(origin);
+            }
             self.map.insert(row.name.clone(), m);
         }
         if let Some(mut m) = self.map.get_mut(&row.name) {
@@ -421,14 +430,15 @@ impl Timelines {
     /// progress (`finished` false) or finished by its tags (`finished` true).
     pub fn source_of(&self, port: &str, destination: &str, finished: bool) -> Option<String> {
         let m = self.map.get(port)?;
-        // The same migration: still in progress (and now perhaps finishing), or finished and
-        // still finished. A finished one followed by rows in progress is a new migration.
-        let phase_matches = match m.phase {
-            Phase::InProgress => true,
-            Phase::Succeeded | Phase::Failed => finished,
+        // The same migration: still in progress (moved to another destination, it keeps its
+        // source; finishing, it must be the one to `destination`), or finished and still
+        // finished. A finished one followed by rows in progress is a new migration.
+        let same = match m.phase {
+            Phase::InProgress => !finished || m.destination == destination,
+            Phase::Succeeded | Phase::Failed => finished && m.destination == destination,
             Phase::Aborted => false,
         };
-        (phase_matches && m.destination == destination).then(|| m.source.clone()).flatten()
+        same.then(|| m.source.clone()).flatten()
     }
 
     /// `(source, destination)` of the migration of `port` aborted while its options still
@@ -760,7 +770,12 @@ mod tests {
         t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], "hv1"), &cfg, at(0));
         assert_eq!(t.source_of("vm1", "hv2", false).as_deref(), Some("hv1"));
         assert_eq!(t.source_of("vm1", "hv2", true).as_deref(), Some("hv1"), "finishing: the same migration");
-        assert_eq!(t.source_of("vm1", "hv3", false), None, "another destination");
+        assert_eq!(t.source_of("vm1", "hv3", true), None, "finishing to another destination");
+        assert_eq!(t.source_of("vm1", "hv3", false).as_deref(), Some("hv1"), "moved: the same source");
+        // Moved to hv3 while requested-chassis says something else: the source stays.
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv3")], "hv0"), &cfg, at(1));
+        assert_eq!(t.source_of("vm1", "hv3", false).as_deref(), Some("hv1"));
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], "hv1,hv2"), &cfg, at(1));
         // A later write that loses requested-chassis does not change what was remembered.
         t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], ""), &cfg, at(1));
         assert_eq!(t.source_of("vm1", "hv2", false).as_deref(), Some("hv1"));

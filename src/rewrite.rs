@@ -70,8 +70,8 @@ impl Memory for PortsView<'_> {
     fn source(&self, port: &str, destination: &str, finished: bool) -> Option<String> {
         self.timelines.source_of(port, destination, finished)
     }
-    fn aborted(&self, port: &str) -> Option<(String, String)> {
-        self.timelines.open_abort(port)
+    fn due(&self, port: &str) -> Option<(Option<String>, String, crate::policy::Cause)> {
+        self.timelines.due(port).map(|d| (d.stale, d.requested_chassis, d.cause))
     }
 }
 

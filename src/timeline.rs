@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use dashmap::DashMap;
 
-use crate::policy::{LspState, PolicyConfig};
+use crate::policy::{Cause, LspState, PolicyConfig, REQUESTED_CHASSIS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
@@ -101,9 +101,20 @@ pub struct Migration {
     pub binding: Option<Binding>,
     /// Position in the order migrations finished, while finished.
     finished: Option<u64>,
-    /// Aborted (destination tag removed while in progress) with `requested-chassis` still the
-    /// proxy's `src,dst`: the roll back to the source is due, until a row shows otherwise.
-    abort_open: bool,
+    /// A final state this migration reached (aborted, succeeded, failed) and that no row has
+    /// shown applied yet.
+    due: Option<Due>,
+}
+
+/// The options a finished migration must end with, due since the row's `requested-chassis`
+/// was `stale`: still due while a row of the port shows that same value (a fix that lost a
+/// race, or a resynchronisation, does not lose it); done, or overtaken by a writer, once a row
+/// shows another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub stale: Option<String>,
+    pub requested_chassis: String,
+    pub cause: Cause,
 }
 
 impl Migration {
@@ -117,7 +128,7 @@ impl Migration {
             events: Vec::new(),
             binding,
             finished: None,
-            abort_open: false,
+            due: None,
         }
     }
 
@@ -160,6 +171,14 @@ impl Migration {
     pub fn elapsed_to(&self, stage: Stage) -> Option<Duration> {
         let at = self.events.iter().find(|(s, _)| *s == stage)?.1;
         at.duration_since(self.started()).ok()
+    }
+}
+
+/// A row showing `requested-chassis` other than the stale value settles what was due: done, or
+/// overtaken by a writer.
+fn settle(m: &mut Migration, rc: &Option<String>) {
+    if m.due.as_ref().is_some_and(|d| d.stale != *rc) {
+        m.due = None;
     }
 }
 
@@ -274,18 +293,21 @@ impl Timelines {
     /// Records what a port's NB row now says. Returns the stages newly reached.
     pub fn observe_nb(&self, row: &LspState, cfg: &PolicyConfig, now: SystemTime) -> Vec<Stage> {
         let mut new = Vec::new();
+        let rc = row.options.get(REQUESTED_CHASSIS).cloned();
         let Some(t) = read_tags(row, cfg) else {
             if let Some(mut m) = self.map.get_mut(&row.name) {
-                let rc = row.options.get("requested-chassis");
-                let still_both = m.both().is_some_and(|b| rc == Some(&b));
                 if m.phase == Phase::InProgress {
                     self.set_phase(&mut m, Phase::Aborted);
-                    m.abort_open = still_both;
+                    // Rolled back to the source, if the options are still the proxy's src,dst.
+                    m.due =
+                        m.both().filter(|b| rc.as_ref() == Some(b)).zip(m.source.clone()).map(|(b, src)| {
+                            Due { stale: Some(b), requested_chassis: src, cause: Cause::Aborted }
+                        });
                     if m.mark(Stage::Aborted, now) {
                         new.push(Stage::Aborted);
                     }
-                } else if m.abort_open && !still_both {
-                    m.abort_open = false;
+                } else {
+                    settle(&mut m, &rc);
                 }
             }
             self.trim();
@@ -336,6 +358,22 @@ impl Timelines {
             }
             if m.mark(Stage::Tagged, now) {
                 new.push(Stage::Tagged);
+            }
+            let final_rc = match t.phase {
+                Phase::Succeeded => Some((t.destination.clone(), Cause::Succeeded)),
+                Phase::Failed => m.source.clone().map(|s| (s, Cause::Failed)),
+                _ => None,
+            };
+            match final_rc {
+                // Finished by this row: the final options are due unless the row has them.
+                Some((f, cause)) if m.phase == Phase::InProgress => {
+                    m.due = (rc.as_ref() != Some(&f)).then(|| Due {
+                        stale: rc.clone(),
+                        requested_chassis: f,
+                        cause,
+                    });
+                }
+                _ => settle(m, &rc),
             }
             self.set_phase(m, t.phase);
             let stage = match t.phase {
@@ -441,22 +479,16 @@ impl Timelines {
         same.then(|| m.source.clone()).flatten()
     }
 
-    /// `(source, destination)` of the migration of `port` aborted while its options still
-    /// named both chassis, until a row of the port shows `requested-chassis` otherwise: the roll
-    /// back is still due (it survives a fix that lost a race, and a resynchronisation).
-    pub fn open_abort(&self, port: &str) -> Option<(String, String)> {
-        let m = self.map.get(port)?;
-        if m.phase != Phase::Aborted || !m.abort_open {
-            return None;
-        }
-        Some((m.source.clone()?, m.destination.clone()))
+    /// The final options still due for the finished migration of `port` (see [`Due`]).
+    pub fn due(&self, port: &str) -> Option<Due> {
+        self.map.get(port).and_then(|m| (m.phase != Phase::InProgress).then(|| m.due.clone()).flatten())
     }
 
-    /// The ports whose roll back is still due.
-    pub fn open_aborts(&self) -> Vec<String> {
+    /// The ports whose final options are still due.
+    pub fn dues(&self) -> Vec<String> {
         self.map
             .iter()
-            .filter(|m| m.phase == Phase::Aborted && m.abort_open)
+            .filter(|m| m.phase != Phase::InProgress && m.due.is_some())
             .map(|m| m.key().clone())
             .collect()
     }
@@ -821,25 +853,41 @@ mod tests {
     }
 
     #[test]
-    fn an_abort_stays_due_until_a_row_shows_it_done() {
+    fn a_final_state_stays_due_until_a_row_shows_it() {
         let t = Timelines::new();
         let cfg = PolicyConfig::default();
+        let due = |rc: &str, stale: &str, cause| {
+            Some(Due { stale: Some(stale.into()), requested_chassis: rc.into(), cause })
+        };
         t.observe_nb(&row(&[("migration-destination", "hv2")], "hv1,hv2"), &cfg, at(0));
-        assert_eq!(t.open_abort("vm1"), None, "in progress");
+        assert_eq!(t.due("vm1"), None, "in progress");
         t.observe_nb(&row(&[], "hv1,hv2"), &cfg, at(1));
-        assert_eq!(t.open_abort("vm1"), Some(("hv1".into(), "hv2".into())));
-        assert_eq!(t.open_aborts(), vec!["vm1".to_string()]);
-        // Another change of the port that leaves the options: still due.
+        assert_eq!(t.due("vm1"), due("hv1", "hv1,hv2", Cause::Aborted));
+        assert_eq!(t.dues(), vec!["vm1".to_string()]);
+        // Another change of the port that leaves requested-chassis: still due.
         let mut other = row(&[("owner", "me")], "hv1,hv2");
         other.options.insert("own".into(), "x".into());
         t.observe_nb(&other, &cfg, at(2));
-        assert!(t.open_abort("vm1").is_some());
+        assert!(t.due("vm1").is_some());
         // Rolled back: done.
         t.observe_nb(&row(&[], "hv1"), &cfg, at(3));
-        assert_eq!(t.open_abort("vm1"), None);
+        assert_eq!(t.due("vm1"), None);
         // An abort whose options a writer had already changed is not due at all.
         t.observe_nb(&row(&[("migration-destination", "hv3")], "hv1,hv3"), &cfg, at(4));
         t.observe_nb(&row(&[], "hv9"), &cfg, at(5));
-        assert_eq!(t.open_abort("vm1"), None);
+        assert_eq!(t.due("vm1"), None);
+        // A success: dst due until shown, also once the tags are cleared.
+        t.observe_nb(&row(&[("migration-destination", "hv4")], "hv9,hv4"), &cfg, at(6));
+        t.observe_nb(
+            &row(&[("migration-destination", "hv4"), ("migration-phase", "succeeded")], "hv9,hv4"),
+            &cfg,
+            at(7),
+        );
+        assert_eq!(t.due("vm1"), due("hv4", "hv9,hv4", Cause::Succeeded));
+        t.observe_nb(&row(&[], "hv9,hv4"), &cfg, at(8));
+        assert_eq!(t.due("vm1"), due("hv4", "hv9,hv4", Cause::Succeeded));
+        // A writer's own choice overtakes it.
+        t.observe_nb(&row(&[], "hv7"), &cfg, at(9));
+        assert_eq!(t.due("vm1"), None);
     }
 }

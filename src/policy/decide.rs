@@ -135,9 +135,10 @@ pub trait Memory {
         None
     }
 
-    /// `(source, destination)` of a migration of `port` the proxy saw aborted (destination tag
-    /// removed while in progress, options still `src,dst`) and not yet rolled back.
-    fn aborted(&self, _port: &str) -> Option<(String, String)> {
+    /// The final `requested-chassis` of a finished migration of `port` that no row has shown
+    /// yet, and the value it replaces (`stale`; `None`: absent), with the cause: `Some` when the
+    /// fix made at the transition was lost (it lost a race, or a resynchronisation came first).
+    fn due(&self, _port: &str) -> Option<(Option<String>, String, Cause)> {
         None
     }
 }
@@ -187,8 +188,8 @@ pub fn desired_with(
     let tags = Tags::read(&post.external_ids, cfg);
     let Some(dst) = tags.dst else {
         return Ok(match pre {
-            Pre::Known(p) => abort(p, post, cfg, mem).or_else(|| due_abort(post, mem)),
-            Pre::Unseen => due_abort(post, mem),
+            Pre::Known(p) => abort(p, post, cfg, mem).or_else(|| due_final(post, mem)),
+            Pre::Unseen => due_final(post, mem),
             Pre::Inserted => None,
         });
     };
@@ -233,7 +234,8 @@ pub fn desired_with(
             (opts, Cause::Started)
         }
         Phase::Succeeded => {
-            if continuing && chosen_elsewhere(post, dst) {
+            // A final state still due is not overtaken by the stale value it replaces.
+            if continuing && chosen_elsewhere(post, dst) && due_final(post, mem).is_none() {
                 return Err(SkipReason::OperatorOverride);
             }
             (to(dst), Cause::Succeeded)
@@ -243,7 +245,7 @@ pub fn desired_with(
             if src == dst {
                 return Err(SkipReason::SameChassis);
             }
-            if continuing && chosen_elsewhere(post, src) {
+            if continuing && chosen_elsewhere(post, src) && due_final(post, mem).is_none() {
                 return Err(SkipReason::OperatorOverride);
             }
             (to(src), Cause::Failed)
@@ -253,15 +255,13 @@ pub fn desired_with(
     Ok(Some(Desired { opts, cause }))
 }
 
-/// A roll back the proxy saw due and not done yet (its first fix lost a race, or a
-/// resynchronisation came between): still due while the options are the proxy's `src,dst`.
-fn due_abort(post: &LspState, mem: &dyn Memory) -> Option<Desired> {
-    let (src, dst) = mem.aborted(&post.name)?;
-    let due = post.options.get(REQUESTED_CHASSIS) == Some(&format!("{src},{dst}"));
-    due.then_some(Desired {
-        opts: Opts { requested_chassis: Some(src), activation_strategy: None },
-        cause: Cause::Aborted,
-    })
+/// A final state the proxy saw become due and not applied yet (its fix lost a race, or a
+/// resynchronisation came between): still due while `requested-chassis` is the value it
+/// replaces.
+fn due_final(post: &LspState, mem: &dyn Memory) -> Option<Desired> {
+    let (stale, rc, cause) = mem.due(&post.name)?;
+    (post.options.get(REQUESTED_CHASSIS) == stale.as_ref())
+        .then_some(Desired { opts: Opts { requested_chassis: Some(rc), activation_strategy: None }, cause })
 }
 
 /// The destination tag went away while the migration was in progress and the options are still
@@ -797,11 +797,11 @@ mod tests {
     }
 
     #[test]
-    fn an_abort_still_due_is_made_without_the_tagged_pre_state() {
+    fn a_final_state_still_due_is_made_without_the_transition() {
         struct Due;
         impl Memory for Due {
-            fn aborted(&self, port: &str) -> Option<(String, String)> {
-                (port == "p1").then(|| ("hv1".into(), "hv2".into()))
+            fn due(&self, port: &str) -> Option<(Option<String>, String, Cause)> {
+                (port == "p1").then(|| (Some("hv1,hv2".into()), "hv1".into(), Cause::Aborted))
             }
         }
         let cfg = PolicyConfig::default();
@@ -815,6 +815,20 @@ mod tests {
         assert_eq!(desired_with(Pre::Unseen, &moved, &cfg, &Due), Ok(None));
         // Nothing remembered: an untagged port is not the policy's business.
         assert_eq!(desired_with(Pre::Unseen, &untagged, &cfg, &Forgetful), Ok(None));
+        // A success still due is not taken for an operator's choice of the stale chassis.
+        struct Success;
+        impl Memory for Success {
+            fn due(&self, _: &str) -> Option<(Option<String>, String, Cause)> {
+                Some((Some("hv0".into()), "hv2".into(), Cause::Succeeded))
+            }
+        }
+        let done = row(&[(RC, "hv0")], &[(DST, "hv2"), (PHASE, "succeeded")]);
+        let got = desired_with(Pre::Known(&done), &done, &cfg, &Success).expect("ok").expect("due");
+        assert_eq!(got.opts, opts(Some("hv2"), None));
+        assert_eq!(
+            desired_with(Pre::Known(&done), &done, &cfg, &Forgetful),
+            Err(SkipReason::OperatorOverride)
+        );
     }
 
     #[test]

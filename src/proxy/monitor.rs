@@ -459,8 +459,8 @@ impl NbHandler {
         let shared = self.shared.clone();
         let key = shared.policy().destination_key.clone();
         // One row at a time: a copy of every row at once would cost the table's size again.
-        // The tagged rows, and the untagged ones whose roll back is still due.
-        let due = shared.timelines.open_aborts().into_iter().filter_map(|p| shared.cache.uuid_of(&p));
+        // The tagged rows, and the untagged ones whose final options are still due.
+        let due = shared.timelines.dues().into_iter().filter_map(|p| shared.cache.uuid_of(&p));
         for uuid in shared.cache.tagged(&key).into_iter().chain(due) {
             let Some(row) = shared.cache.row(uuid) else { continue };
             let state = row.state(uuid);

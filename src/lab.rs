@@ -63,13 +63,13 @@ fn run_in(dir: &Path, tool: &str, args: &[&str]) -> Result<String> {
 }
 
 /// [`run_in`] for control tools, with [`TOOL_TIMEOUT`] in front.
-fn ctl(dir: &Path, tool: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn ctl(dir: &Path, tool: &str, args: &[&str]) -> Result<String> {
     let mut full = vec![TOOL_TIMEOUT];
     full.extend_from_slice(args);
     run_in(dir, tool, &full)
 }
 
-fn control_socket(dir: &Path, prog: &str) -> PathBuf {
+pub(crate) fn control_socket(dir: &Path, prog: &str) -> PathBuf {
     dir.join(format!("{prog}.ctl"))
 }
 
@@ -91,10 +91,18 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `prog` with its log, pidfile and control socket in `dir`.
-    fn spawn(dir: &Path, prog: &str, args: &[String], database: bool) -> Result<Daemon> {
+    /// Starts `prog` with its log, pidfile and control socket in `dir`, inside network
+    /// namespace `netns` when given (`ip netns exec` execs it: the child is the daemon).
+    fn spawn(dir: &Path, netns: Option<&str>, prog: &str, args: &[String], database: bool) -> Result<Daemon> {
         let stderr = File::create(dir.join(format!("{prog}.stderr")))?;
-        let mut cmd = Command::new(sandbox::require(prog)?);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new(sandbox::require("ip")?);
+                c.args(["netns", "exec", ns]).arg(sandbox::require(prog)?);
+                c
+            }
+            None => Command::new(sandbox::require(prog)?),
+        };
         // ovn-controller has no --unixctl: its socket is OVN_RUNDIR/ovn-controller.PID.ctl.
         if prog != "ovn-controller" {
             cmd.arg(format!("--unixctl={}", control_socket(dir, prog).display()));
@@ -320,9 +328,56 @@ impl OvnLab {
     }
 
     fn spawn(&self, dir: &Path, prog: &str, args: &[String], database: bool) -> Result<()> {
-        let daemon = Daemon::spawn(dir, prog, args, database)?;
+        self.spawn_in(dir, None, prog, args, database)
+    }
+
+    /// [`OvnLab::spawn`] inside a network namespace; stopped with the lab.
+    pub(crate) fn spawn_in(
+        &self,
+        dir: &Path,
+        netns: Option<&str>,
+        prog: &str,
+        args: &[String],
+        database: bool,
+    ) -> Result<()> {
+        let daemon = Daemon::spawn(dir, netns, prog, args, database)?;
         self.lock().push(daemon);
         Ok(())
+    }
+
+    /// NB, SB and `ovn-northd` only: the chassis are the caller's (the real-packet lab runs
+    /// them in network namespaces).
+    pub fn start_central(dir: &Path) -> Result<OvnLab> {
+        need_file(SB_SCHEMA, "ovn-central")?;
+        let nb = NbServer::start(&mkdir(dir, "nb")?).context("starting the NB ovsdb-server")?;
+        let mut lab = OvnLab {
+            dir: dir.to_path_buf(),
+            daemons: Mutex::new(Vec::new()),
+            hvs: Vec::new(),
+            sb_tcp_port: 0,
+            nb,
+        };
+        lab.sb_tcp_port =
+            lab.start_ovsdb(&mkdir(dir, "sb")?, "sb", "sb.sock", SB_SCHEMA, true)?.unwrap_or_default();
+        lab.nbctl(&["init"])?;
+        lab.sbctl(&["init"])?;
+        lab.start_northd()?;
+        Ok(lab)
+    }
+
+    /// Creates `DIR/conf.db` and serves it on `punix:DIR/db.sock` from inside `netns`.
+    pub(crate) fn start_conf_db(&self, dir: &Path, netns: &str) -> Result<()> {
+        let db = dir.join("conf.db");
+        let sock = dir.join("db.sock");
+        run_in(dir, "ovsdb-tool", &["create", &db.to_string_lossy(), VSWITCH_SCHEMA])?;
+        let args = [format!("--remote=punix:{}", sock.display()), db.to_string_lossy().into_owned()];
+        self.spawn_in(dir, Some(netns), "ovsdb-server", &args, true)?;
+        self.wait_for(&format!("{} listening", sock.display()), || accepts(&sock).then_some(()))
+    }
+
+    /// Waits (20 s at most, failing fast if a daemon died) until `probe` yields.
+    pub(crate) fn wait_until<T>(&self, what: &str, probe: impl FnMut() -> Option<T>) -> Result<T> {
+        self.wait_for(what, probe)
     }
 
     /// An error naming the first daemon that has exited.
@@ -456,17 +511,17 @@ impl Drop for OvnLab {
 }
 
 /// Whether a unix socket accepts connections (its file appears at bind(), before listen()).
-fn accepts(sock: &Path) -> bool {
+pub(crate) fn accepts(sock: &Path) -> bool {
     UnixStream::connect(sock).is_ok()
 }
 
-fn mkdir(parent: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn mkdir(parent: &Path, name: &str) -> Result<PathBuf> {
     let dir = parent.join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 
-fn vsctl(dir: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn vsctl(dir: &Path, args: &[&str]) -> Result<String> {
     let db = format!("--db=unix:{}", dir.join("db.sock").display());
     let mut full = vec![db.as_str()];
     full.extend_from_slice(args);

@@ -10,6 +10,7 @@ pub mod control;
 pub mod demo;
 pub mod lab;
 pub mod metrics;
+pub mod netlab;
 pub mod policy;
 pub mod proxy;
 pub mod record;

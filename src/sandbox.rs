@@ -27,6 +27,11 @@ pub fn require(tool: &str) -> Result<PathBuf> {
         "ovs-vswitchd" | "ovs-vsctl" => "openvswitch-switch",
         "ovs-pki" => "openvswitch-pki",
         "socat" => "socat",
+        "ip" | "bridge" => "iproute2",
+        "ethtool" => "ethtool",
+        "python3" => "python3",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "busybox" => "busybox-static",
         _ => "openvswitch-common",
     };
     bail!("{tool} not found on PATH: install the Debian package {package} (tools/setup.sh installs everything the project needs)")

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on Debian 12, only what is missing.
 # Debian packages: OVN (central and host), Open vSwitch (switch and PKI), the Python OVS IDL,
-# ovsdbapp and socat. Crates come through cargo itself.
+# ovsdbapp, socat, and ethtool + iproute2 for the real-packet lab. Crates come through cargo.
 set -euo pipefail
 
-packages=(ovn-central ovn-host openvswitch-switch openvswitch-pki python3-openvswitch python3-ovsdbapp python3-yaml socat)
+packages=(ovn-central ovn-host openvswitch-switch openvswitch-pki python3-openvswitch python3-ovsdbapp python3-yaml socat ethtool iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,56 @@
+//! Real packets: the namespace VM live-migrates hv1 → hv2 on the OVS userspace datapath while
+//! the peer streams TCP to it and probes it every 2 ms; the CMS drives the migration through
+//! the proxy with tags only (P) or writes the options itself, directly (D, the reference).
+//! Every run's TCP stream must survive, and P's median interruption stay within the bound.
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+use ovn_nb_proxy::netlab::run::{reset, run_once, summary, Arm, Cms, Measured};
+use ovn_nb_proxy::netlab::PacketLab;
+
+/// P's median interruption (longest gap between UDP replies, probe every 2 ms), noise included.
+const P_MEDIAN_BOUND_MS: f64 = 30.0;
+
+fn runs() -> usize {
+    std::env::var("DATAPLANE_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3)
+}
+
+#[test]
+fn a_vm_keeps_its_tcp_connection_across_a_migration_through_the_proxy() {
+    let dir = tempfile::Builder::new().prefix("nbproxy-dataplane.").tempdir().expect("tmp");
+    let mut lab = PacketLab::start(dir.path(), 2, "hv1").unwrap_or_else(|e| panic!("lab: {e:#}"));
+    lab.namespace_vm().unwrap_or_else(|e| panic!("vm: {e:#}"));
+    let mut proxy = Proxy::start(&lab.nb_remote(), &[&format!("--sb-db={}", lab.sb_remote())]);
+    proxy.wait_log("this proxy is the active reconciler", Duration::from_secs(10));
+    let nb = lab.nb_socket();
+    let cms = Cms { proxy: &proxy.unix, nb: &nb };
+    let mut all: Vec<Measured> = Vec::new();
+    for _ in 0..runs() {
+        for arm in [Arm::Proxy, Arm::Direct] {
+            reset(&mut lab).unwrap_or_else(|e| panic!("reset: {e:#}"));
+            let m = run_once(&mut lab, arm, &cms).unwrap_or_else(|e| panic!("{}: {e:#}", arm.label()));
+            eprintln!("{m:?}");
+            all.push(m);
+        }
+    }
+    let (_, table) = summary(&all);
+    eprintln!("{table}");
+    for m in &all {
+        assert!(m.tcp_survived, "{}: the TCP stream broke: {:?}", m.arm, m.tcp_error);
+    }
+    let p: Vec<f64> = all.iter().filter(|m| m.arm == "P").map(|m| m.interruption_ms).collect();
+    let (median, _, _) = ovn_nb_proxy::netlab::run::spread(&p).expect("P runs");
+    assert!(
+        median <= P_MEDIAN_BOUND_MS,
+        "P's median interruption {median:.1} ms > {P_MEDIAN_BOUND_MS} ms\n{table}"
+    );
+    // The proxy did it in the CMS's own transactions.
+    let audits = proxy.audits("vm");
+    assert!(
+        audits.iter().any(|l| l.contains("rewrite port=vm ") && l.contains("cause=started")),
+        "{audits:#?}"
+    );
+}

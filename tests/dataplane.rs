@@ -54,3 +54,43 @@ fn a_vm_keeps_its_tcp_connection_across_a_migration_through_the_proxy() {
         "{audits:#?}"
     );
 }
+
+/// The same with a real guest: QEMU (TCG) live-migrated by QEMU itself, its announce the RARP.
+/// Needs the Debian packages qemu-system-x86, busybox-static, linux-image-amd64, cpio
+/// (`tools/dataplane.sh qemu` installs them and runs this).
+#[test]
+#[ignore = "a real QEMU guest: run with tools/dataplane.sh qemu"]
+fn a_qemu_guest_keeps_its_tcp_connection_across_qemus_live_migration() {
+    let dir = tempfile::Builder::new().prefix("nbproxy-qemu.").tempdir().expect("tmp");
+    let guest = ovn_nb_proxy::netlab::qemu::prepare(dir.path()).unwrap_or_else(|e| panic!("guest: {e:#}"));
+    let mut lab = PacketLab::start(dir.path(), 2, "hv1").unwrap_or_else(|e| panic!("lab: {e:#}"));
+    let mut proxy = Proxy::start(&lab.nb_remote(), &[&format!("--sb-db={}", lab.sb_remote())]);
+    proxy.wait_log("this proxy is the active reconciler", Duration::from_secs(10));
+    let nb = lab.nb_socket();
+    let cms = Cms { proxy: &proxy.unix, nb: &nb };
+    let mut all = Vec::new();
+    for _ in 0..runs() {
+        for arm in [Arm::Proxy, Arm::Direct] {
+            let m = ovn_nb_proxy::netlab::qemu::run_once(&mut lab, &guest, arm, &cms)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", arm.label()));
+            eprintln!("{m:?}");
+            assert!(m.tcp_survived, "{}: the TCP stream broke: {:?}", m.arm, m.tcp_error);
+            all.push(m);
+        }
+    }
+    let (_, table) = summary(&all);
+    eprintln!("{table}");
+    // The interruption is QEMU's downtime plus what the network adds.
+    let p: Vec<&Measured> = all.iter().filter(|m| m.arm == "P").collect();
+    let gap = ovn_nb_proxy::netlab::run::spread(&p.iter().map(|m| m.interruption_ms).collect::<Vec<_>>())
+        .expect("P");
+    let down =
+        ovn_nb_proxy::netlab::run::spread(&p.iter().filter_map(|m| m.qemu_downtime_ms).collect::<Vec<_>>())
+            .expect("P");
+    assert!(
+        gap.0 <= down.0 + 50.0,
+        "P: interruption {:.1} ms > QEMU's downtime {:.1} ms + 50 ms\n{table}",
+        gap.0,
+        down.0
+    );
+}

@@ -7,8 +7,10 @@ Run inside a network namespace (`ip netns exec NS python3 helper.py ROLE ...`):
         one per line: `rarp` (send the schedule; answers `{"rarp": <time of the first>}`),
         `reset` (forget what the sniffers saw), `dump` (answers the sniffers' counts), `quit`.
   peer  the other end: a TCP stream (a 16-byte counter every 1 ms, echoed by the VM, checked in
-        order) and UDP probes every 2 ms, for SECS seconds; then one JSON line: whether the
-        stream survived, and when every echo and every probe's first reply arrived.
+        order) and UDP probes every 2 ms (ICMP echo requests with `icmp`), for SECS seconds; then
+        one JSON line: whether the stream survived, and when every echo and every probe's first
+        reply arrived.
+  sniff-rarp  the time of every RARP seen on an interface (a QEMU guest's announce on its tap).
 
 Every time is `time.time()`: one clock for every namespace and for the driver.
 """
@@ -125,16 +127,86 @@ def vm(args):
             break
 
 
+def icmp_checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+class IcmpProbe:
+    """Echo requests to `dst` (any host answers them: a QEMU guest's kernel too)."""
+
+    def __init__(self, dst):
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.s.connect((dst, 0))
+        self.s.setblocking(False)
+        self.ident = threading.get_native_id() & 0xFFFF
+
+    def fileno(self):
+        return self.s.fileno()
+
+    def send(self, payload):
+        seq = struct.unpack("!Q", payload[:8])[0] & 0xFFFF
+        head = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
+        csum = icmp_checksum(head + payload)
+        self.s.send(struct.pack("!BBHHH", 8, 0, csum, self.ident, seq) + payload)
+
+    def recv(self, n):
+        while True:
+            data = self.s.recv(n)
+            ihl = (data[0] & 0x0F) * 4
+            icmp = data[ihl:]
+            if icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == self.ident:
+                return icmp[8:]
+
+
+def ping(args):
+    """One ICMP echo to ADDR every 100 ms until one is answered or SECS pass: {"ok": bool}."""
+    dst, secs = args[0], float(args[1])
+    probe, deadline, seq = IcmpProbe(dst), time.time() + secs, 0
+    while time.time() < deadline:
+        probe.send(struct.pack("!QQ", seq, 0))
+        seq += 1
+        r, _, _ = select.select([probe], [], [], 0.1)
+        if r:
+            try:
+                probe.recv(2048)
+                out({"ok": True})
+                return
+            except BlockingIOError:
+                pass
+    out({"ok": False})
+
+
+def sniff_rarp(args):
+    """Prints the time of every RARP leaving IFACE (the guest's announce, seen on its tap)."""
+    (iface,) = args
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))
+    s.bind((iface, 0))
+    out({"ready": True})
+    while True:
+        frame, addr = s.recvfrom(2048)
+        if frame[12:14] == b"\x80\x35":
+            out({"rarp": time.time()})
+
+
 def peer(args):
-    dst, tcp_port, udp_port, secs = args
+    dst, tcp_port, udp_port, secs = args[:4]
+    icmp = len(args) > 4 and args[4] == "icmp"
     secs = float(secs)
     result = {"tcp": {}, "udp": {}}
     start = time.time()
     end = start + secs
     # UDP probes every 2 ms.
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.connect((dst, int(udp_port)))
-    u.setblocking(False)
+    if icmp:
+        u = IcmpProbe(dst)
+    else:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect((dst, int(udp_port)))
+        u.setblocking(False)
     sent_udp, replies = 0, {}
     # The TCP stream: a 16-byte record every 1 ms, echoed.
     t = socket.create_connection((dst, int(tcp_port)), timeout=5)
@@ -258,4 +330,4 @@ def peer(args):
 
 if __name__ == "__main__":
     role = sys.argv[1]
-    {"vm": vm, "peer": peer}[role](sys.argv[2:])
+    {"vm": vm, "peer": peer, "sniff-rarp": sniff_rarp, "ping": ping}[role](sys.argv[2:])

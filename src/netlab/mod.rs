@@ -13,6 +13,7 @@
 //!
 //! [`run`] drives one migration and measures it.
 
+pub mod qemu;
 pub mod run;
 
 use std::io::{BufRead, BufReader, Write};
@@ -37,18 +38,18 @@ pub const VM_MAC: &str = "0a:00:00:00:00:10";
 pub const PEER_IP: &str = "10.100.0.1";
 pub const PEER_MAC: &str = "0a:00:00:00:00:01";
 /// The overlay MTU: the underlay's 1500 minus Geneve's 58 bytes, rounded down.
-const MTU: &str = "1400";
+pub(crate) const MTU: &str = "1400";
 /// The helper's TCP echo and UDP echo ports in the VM.
 pub const TCP_PORT: u16 = 5001;
 pub const UDP_PORT: u16 = 5002;
 
 /// Runs `ip ARGS…`.
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     sandbox::run_tool("ip", args).map(drop)
 }
 
 /// Runs `PROG ARGS…` inside network namespace `ns`.
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<String> {
     let mut full = vec!["netns", "exec", ns, prog];
     full.extend_from_slice(args);
     sandbox::run_tool("ip", &full)
@@ -57,7 +58,7 @@ fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<String> {
 /// `ethtool -K DEV tx off tso off gso off` in `ns`: the OVS userspace datapath reads veths with
 /// AF_PACKET and forwards what it gets; a packet the kernel left to the NIC to checksum arrives
 /// with a wrong TCP checksum (ICMP works, TCP does not).
-fn no_offload(ns: &str, dev: &str) -> Result<()> {
+pub(crate) fn no_offload(ns: &str, dev: &str) -> Result<()> {
     sandbox::require("ethtool")?;
     in_ns(ns, "ethtool", &["-K", dev, "tx", "off", "tso", "off", "gso", "off"]).map(drop)
 }
@@ -367,11 +368,17 @@ impl PacketLab {
     /// Starts the peer's traffic for `secs` seconds; its result is read with
     /// [`Traffic::finish`].
     pub fn traffic(&self, secs: f64) -> Result<Traffic> {
-        let helper = Helper::start(
-            &self.peer_ns,
-            &self.helper,
-            &["peer", VM_IP, &TCP_PORT.to_string(), &UDP_PORT.to_string(), &secs.to_string()],
-        )?;
+        self.traffic_with(secs, false)
+    }
+
+    /// The peer's traffic, its probes ICMP echo requests (`icmp`) or UDP to the helper's echo.
+    pub fn traffic_with(&self, secs: f64, icmp: bool) -> Result<Traffic> {
+        let (tcp, udp, secs) = (TCP_PORT.to_string(), UDP_PORT.to_string(), secs.to_string());
+        let mut args = vec!["peer", VM_IP, &tcp, &udp, &secs];
+        if icmp {
+            args.push("icmp");
+        }
+        let helper = Helper::start(&self.peer_ns, &self.helper, &args)?;
         Ok(Traffic { helper })
     }
 
@@ -443,14 +450,14 @@ impl NamespaceVm {
 }
 
 /// A helper process in a namespace, talked to by JSON lines.
-struct Helper {
+pub(crate) struct Helper {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<Value>,
 }
 
 impl Helper {
-    fn start(ns: &str, script: &Path, args: &[&str]) -> Result<Helper> {
+    pub(crate) fn start(ns: &str, script: &Path, args: &[&str]) -> Result<Helper> {
         let mut child = Command::new(sandbox::require("ip")?)
             .args(["netns", "exec", ns, "python3", "-u"])
             .arg(script)
@@ -473,7 +480,7 @@ impl Helper {
             }
         });
         let mut h = Helper { child, stdin, lines };
-        if args[0] == "vm" {
+        if args[0] == "vm" || args[0] == "sniff-rarp" {
             h.wait_for("ready", Duration::from_secs(10))?;
         }
         Ok(h)
@@ -492,6 +499,11 @@ impl Helper {
                 }
             }
         }
+    }
+
+    /// The next line that has `key`.
+    pub(crate) fn first(&mut self, key: &str, within: Duration) -> Result<Value> {
+        self.wait_for(key, within)
     }
 
     fn ask(&mut self, cmd: &str, key: &str) -> Result<Value> {

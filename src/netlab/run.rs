@@ -66,7 +66,8 @@ impl Arm {
         })
     }
 
-    fn sends_rarp(self) -> bool {
+    /// Whether the VM announces itself (a vhost-user VM does not).
+    pub fn sends_rarp(self) -> bool {
         !matches!(self, Arm::NoRarp { .. })
     }
 }
@@ -94,6 +95,8 @@ pub struct Measured {
     pub first_write_to_bound_ms: Option<f64>,
     /// The switchover → SB shows hv2 alone (the final binding).
     pub switch_to_final_ms: Option<f64>,
+    /// For a QEMU guest: the migration's downtime as QEMU reports it (`query-migrate`).
+    pub qemu_downtime_ms: Option<f64>,
 }
 
 /// Where the CMS's writes go.
@@ -125,7 +128,7 @@ fn transact(socket: &Path, ops: Value) -> Result<Value> {
 }
 
 /// Wall-clock seconds (the helpers' clock: every namespace shares it).
-fn wall(t: SystemTime) -> f64 {
+pub(super) fn wall(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
@@ -159,19 +162,50 @@ pub fn longest_gap(times: &[f64], from: f64, to: f64) -> f64 {
     best
 }
 
-fn times(v: &Value) -> Vec<f64> {
+pub(super) fn times(v: &Value) -> Vec<f64> {
     v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+/// The port untagged and pinned to hv1 again (written directly).
+pub(super) fn reset_options(lab: &PacketLab) -> Result<()> {
+    let untag = json!([{"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "vm"]],
+        "mutations": [["external_ids", "delete", ["set", ["migration-destination", "migration-source", "migration-phase", "migration-activation-strategy"]]]]}]);
+    let mut ops = untag.as_array().cloned().unwrap_or_default();
+    ops.extend(options("hv1", None).as_array().cloned().unwrap_or_default());
+    transact(&lab.nb_socket(), Value::Array(ops)).map(drop)
+}
+
+/// The CMS starts the migration, as `arm` does.
+pub(super) fn start_write(arm: Arm, cms: &Cms) -> Result<()> {
+    match arm {
+        Arm::Proxy | Arm::ProxyFinalize | Arm::NoRarp { override_strategy: false } => {
+            transact(cms.proxy, tags(&[("migration-destination", "hv2")]))?
+        }
+        Arm::NoRarp { override_strategy: true } => transact(
+            cms.proxy,
+            tags(&[("migration-destination", "hv2"), ("migration-activation-strategy", "none")]),
+        )?,
+        Arm::Direct => transact(cms.nb, options("hv1,hv2", Some("rarp")))?,
+        Arm::Naive(_) => Value::Null,
+    };
+    Ok(())
+}
+
+/// The CMS completes the migration, as `arm` does.
+pub(super) fn complete_write(arm: Arm, cms: &Cms) -> Result<()> {
+    match arm {
+        Arm::Naive(_) | Arm::Direct => transact(cms.nb, options("hv2", None))?,
+        _ => {
+            transact(cms.proxy, tags(&[("migration-destination", "hv2"), ("migration-phase", "succeeded")]))?
+        }
+    };
+    Ok(())
 }
 
 /// Puts the VM back on hv1 alone (untagged, `requested-chassis=hv1`, the source VIF plugged,
 /// the VM behind `tap-src`) and waits until SB shows it.
 pub fn reset(lab: &mut PacketLab) -> Result<()> {
-    let nb = lab.nb_socket();
-    let untag = json!([{"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "vm"]],
-        "mutations": [["external_ids", "delete", ["set", ["migration-destination", "migration-source", "migration-phase", "migration-activation-strategy"]]]]}]);
-    let mut ops = untag.as_array().cloned().unwrap_or_default();
-    ops.extend(options("hv1", None).as_array().cloned().unwrap_or_default());
-    transact(&nb, Value::Array(ops))?;
+    reset_options(lab)?;
     lab.hv("hv1")?.plug("vif-src", "vm")?;
     lab.vm()?.switch_to_source()?;
     // The watch's first events are the bindings as they are when it starts.
@@ -198,18 +232,7 @@ pub fn run_once(lab: &mut PacketLab, arm: Arm, cms: &Cms) -> Result<Measured> {
 
     // The CMS starts the migration.
     let first_write = Instant::now();
-    match arm {
-        Arm::Proxy | Arm::ProxyFinalize => transact(cms.proxy, tags(&[("migration-destination", "hv2")]))?,
-        Arm::NoRarp { override_strategy: true } => transact(
-            cms.proxy,
-            tags(&[("migration-destination", "hv2"), ("migration-activation-strategy", "none")]),
-        )?,
-        Arm::NoRarp { override_strategy: false } => {
-            transact(cms.proxy, tags(&[("migration-destination", "hv2")]))?
-        }
-        Arm::Direct => transact(cms.nb, options("hv1,hv2", Some("rarp")))?,
-        Arm::Naive(_) => Value::Null,
-    };
+    start_write(arm, cms)?;
     let bound = |pb: &PortBinding| pb.additional_chassis.iter().any(|c| c == "hv2");
     let mut first_write_to_bound = None;
     if !matches!(arm, Arm::Naive(_)) {
@@ -238,13 +261,7 @@ pub fn run_once(lab: &mut PacketLab, arm: Arm, cms: &Cms) -> Result<Measured> {
             unplugged = true;
         }
         if !completed && now >= complete_after {
-            match arm {
-                Arm::Naive(_) | Arm::Direct => transact(cms.nb, options("hv2", None))?,
-                _ => transact(
-                    cms.proxy,
-                    tags(&[("migration-destination", "hv2"), ("migration-phase", "succeeded")]),
-                )?,
-            };
+            complete_write(arm, cms)?;
             completed = true;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -266,7 +283,6 @@ pub fn run_once(lab: &mut PacketLab, arm: Arm, cms: &Cms) -> Result<Measured> {
         watch
             .first_since("vm", since, Duration::from_secs(3), |pb| {
                 pb.option("additional-chassis-activated").is_some_and(|a| a.split(',').any(|c| c == "hv2"))
-                    || (pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty())
             })
             .ok()
             .map(|(t, _)| (at(t) - r) * 1000.0)
@@ -293,6 +309,7 @@ pub fn run_once(lab: &mut PacketLab, arm: Arm, cms: &Cms) -> Result<Measured> {
         rarp_to_activated_ms: activated,
         first_write_to_bound_ms: first_write_to_bound,
         switch_to_final_ms: final_at,
+        qemu_downtime_ms: None,
     })
 }
 
@@ -315,7 +332,7 @@ pub fn summary(runs: &[Measured]) -> (Value, String) {
     }
     let mut json = serde_json::Map::new();
     let mut text = format!(
-        "{:<11} {:>4} {:>4}  {:<22} {:<22} {:<14} {:<14} {:<20} {:<20}\n",
+        "{:<11} {:>4} {:>4}  {:<22} {:<22} {:<14} {:<16} {:<20} {:<20} {:<20}\n",
         "arm",
         "runs",
         "tcp",
@@ -324,7 +341,8 @@ pub fn summary(runs: &[Measured]) -> (Value, String) {
         "lost",
         "dup to both",
         "rarp→activated ms",
-        "noise ms"
+        "noise ms",
+        "qemu downtime ms"
     );
     let fmt = |s: Option<(f64, f64, f64)>| match s {
         Some((m, lo, hi)) => format!("{m:.1} [{lo:.1}–{hi:.1}]"),
@@ -339,6 +357,7 @@ pub fn summary(runs: &[Measured]) -> (Value, String) {
         let lost = f(&|r| Some(r.lost as f64));
         let dup = f(&|r| Some(r.dup_to_both as f64));
         let act = f(&|r| r.rarp_to_activated_ms);
+        let downtime = f(&|r| r.qemu_downtime_ms);
         let noise = f(&|r| Some(r.noise_ms));
         let survived = rs.iter().filter(|r| r.tcp_survived).count();
         let obj = |s: Option<(f64, f64, f64)>| match s {
@@ -351,10 +370,11 @@ pub fn summary(runs: &[Measured]) -> (Value, String) {
                    "tcp_stall_ms": obj(stall), "lost": obj(lost), "dup_to_both": obj(dup),
                    "rarp_to_activated_ms": obj(act), "noise_ms": obj(noise),
                    "first_write_to_bound_ms": obj(f(&|r| r.first_write_to_bound_ms)),
+                   "qemu_downtime_ms": obj(downtime),
                    "switch_to_final_ms": obj(f(&|r| r.switch_to_final_ms))}),
         );
         text.push_str(&format!(
-            "{:<11} {:>4} {:>4}  {:<22} {:<22} {:<14} {:<14} {:<20} {:<20}\n",
+            "{:<11} {:>4} {:>4}  {:<22} {:<22} {:<14} {:<16} {:<20} {:<20} {:<20}\n",
             arm,
             rs.len(),
             survived,
@@ -363,7 +383,8 @@ pub fn summary(runs: &[Measured]) -> (Value, String) {
             fmt(lost),
             fmt(dup),
             fmt(act),
-            fmt(noise)
+            fmt(noise),
+            fmt(downtime)
         ));
     }
     (Value::Object(json), text)

@@ -77,6 +77,25 @@ impl Namespaces {
         Namespaces { prefix: format!("nbp{}x{n}", std::process::id()), made: Vec::new() }
     }
 
+    /// Namespaces left by a lab whose process died without cleaning up (SIGKILL): named
+    /// `nbp<pid>x…` with that pid gone. Their processes are killed, then they are deleted.
+    fn reap_stale() {
+        let Ok(list) = sandbox::run_tool("ip", &["netns", "list"]) else { return };
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some(pid) = ns.strip_prefix("nbp").and_then(|r| r.split('x').next()) else { continue };
+            let Ok(pid) = pid.parse::<u32>() else { continue };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            if let Ok(pids) = sandbox::run_tool("ip", &["netns", "pids", ns]) {
+                for p in pids.split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", p]).status();
+                }
+            }
+            let _ = sandbox::run_tool("ip", &["netns", "del", ns]);
+        }
+    }
+
     /// Creates `<prefix>-<name>` with loopback up and IPv6 off (no ND/MLD chatter).
     fn add(&mut self, name: &str) -> Result<String> {
         let ns = format!("{}-{name}", self.prefix);
@@ -156,6 +175,7 @@ impl PacketLab {
         for tool in ["ip", "bridge", "ethtool", "python3", "ovs-vswitchd", "ovn-controller", "ovs-vsctl"] {
             sandbox::require(tool)?;
         }
+        Namespaces::reap_stale();
         let lab = OvnLab::start_central(dir)?;
         let helper = dir.join("helper.py");
         std::fs::write(&helper, HELPER).context("writing the traffic helper")?;

@@ -289,9 +289,10 @@ pub fn run_once(lab: &mut PacketLab, guest: &Guest, arm: Arm, cms: &Cms) -> Resu
         // As with vhost-user: no announce after the switchover.
         dst.qmp()?.execute("migrate-set-parameters", json!({"announce-rounds": 0}))?;
     }
-    let watch = lab.watch_sb()?;
+    // The watch's first events are the bindings as they are when it starts.
     let since = Instant::now();
-    watch.first_since("vm", since - Duration::from_millis(1), Duration::from_secs(20), |pb| {
+    let watch = lab.watch_sb()?;
+    watch.first_since("vm", since, Duration::from_secs(20), |pb| {
         pb.chassis.as_deref() == Some("hv1") && pb.up == Some(true)
     })?;
     // The guest's announce, as it leaves its tap on hv2.

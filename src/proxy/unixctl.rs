@@ -3,11 +3,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::listener::{ListenError, Listener};
@@ -16,6 +18,8 @@ use crate::wire::FrameCodec;
 
 /// Control requests are small; a client sending more than this is cut off.
 const MAX_REQUEST: usize = 1 << 20;
+/// How long a reply may take to reach a client that does not read it.
+const REPLY_WRITE: Duration = Duration::from_secs(1);
 
 pub(super) async fn bind(path: &Path) -> Result<Listener, ListenError> {
     Listener::bind(&Passive::Unix(path.to_path_buf()), None).await
@@ -23,19 +27,26 @@ pub(super) async fn bind(path: &Path) -> Result<Listener, ListenError> {
 
 pub(super) async fn serve(listener: Listener, io: Arc<jsonrpc_core::IoHandler>, shutdown: CancellationToken) {
     info!(unixctl = %listener.local_addr(), "control socket ready");
+    // Connections are tracked so that a reply being written when the proxy stops (the answer
+    // to `exit` itself) reaches its client before the runtime goes away.
+    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             a = listener.accept() => a,
         };
         let Ok((incoming, _)) = accepted else { continue };
-        let io = io.clone();
-        tokio::spawn(async move {
+        let (io, shutdown) = (io.clone(), shutdown.clone());
+        connections.spawn(async move {
             let Ok(mut stream) = incoming.establish().await else { return };
             let mut codec = FrameCodec::new(MAX_REQUEST);
             let mut buf = BytesMut::with_capacity(4096);
             loop {
-                match stream.read_buf(&mut buf).await {
+                let read = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = stream.read_buf(&mut buf) => r,
+                };
+                match read {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
@@ -57,7 +68,11 @@ pub(super) async fn serve(listener: Listener, io: Arc<jsonrpc_core::IoHandler>, 
                         return;
                     };
                     if let Some(reply) = reply {
-                        if stream.write_all(reply.as_bytes()).await.is_err() {
+                        let written = tokio::time::timeout(REPLY_WRITE, async {
+                            stream.write_all(reply.as_bytes()).await?;
+                            stream.flush().await
+                        });
+                        if !matches!(written.await, Ok(Ok(()))) {
                             return;
                         }
                     }
@@ -65,4 +80,6 @@ pub(super) async fn serve(listener: Listener, io: Arc<jsonrpc_core::IoHandler>, 
             }
         });
     }
+    connections.close();
+    let _ = tokio::time::timeout(REPLY_WRITE, connections.wait()).await;
 }

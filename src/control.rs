@@ -11,18 +11,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::Shared;
 
-/// Command, argument synopsis.
-const COMMANDS: &[(&str, &str)] = &[
-    ("exit", ""),
-    ("list-commands", ""),
-    ("version", ""),
-    ("proxy/show", ""),
-    ("metrics/show", ""),
-    ("migrations/list", ""),
-    ("migrations/show", "PORT"),
-    ("memory/show", ""),
-    ("vlog/list", ""),
-    ("vlog/set", "FILTER"),
+/// Command, argument synopsis, what it does (`list-commands` prints the first two; the manual
+/// page all three).
+pub const COMMANDS: &[(&str, &str, &str)] = &[
+    ("exit", "", "stop: no new sessions, the open ones drain (as on SIGTERM)"),
+    ("list-commands", "", "list these commands"),
+    ("version", "", "print the version"),
+    ("proxy/show", "", "listeners, upstreams, the cluster leader, sessions, the port cache, the reconciler"),
+    ("metrics/show", "", "the Prometheus metrics, as /metrics serves them"),
+    (
+        "migrations/list",
+        "",
+        "one line per migration the proxy knows of: port, source, destination, phase, times",
+    ),
+    ("migrations/show", "PORT", "the timeline of one port's migration (tags, rewrites, Southbound events)"),
+    ("memory/show", "", "resident memory and the sizes of the proxy's tables"),
+    ("vlog/list", "", "the log filter in force"),
+    ("vlog/set", "FILTER", "replace the log filter (tracing syntax, e.g. info,ovn_nb_proxy=debug)"),
+    ("vlog/reopen", "", "reopen the --log-file (after logrotate moved it)"),
 ];
 
 /// Resident set size from /proc, in kB.
@@ -39,6 +45,8 @@ pub trait LogControl: Send + Sync {
     fn set(&self, filter: &str) -> Result<(), String>;
     /// The filter in force.
     fn current(&self) -> String;
+    /// Reopens the log file (after logrotate moved it).
+    fn reopen(&self) -> Result<(), String>;
 }
 
 /// What `proxy/show` reports besides the shared state.
@@ -79,7 +87,7 @@ pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken
     });
     io.add_sync_method("list-commands", |_| {
         let mut out = String::from("The available commands are:\n");
-        for (cmd, syn) in COMMANDS {
+        for (cmd, syn, _) in COMMANDS {
             out.push_str(&format!("  {cmd:<24}{syn}\n"));
         }
         text(out)
@@ -108,6 +116,12 @@ pub fn handler(shared: Arc<Shared>, info: ProxyInfo, shutdown: CancellationToken
             return Err(fail("usage: vlog/set FILTER (e.g. info,ovn_nb_proxy=debug)".into()));
         }
         l.set(&a.join(",")).map_err(fail)?;
+        text(String::new())
+    });
+    let log = info.log.clone();
+    io.add_sync_method("vlog/reopen", move |_| {
+        let Some(l) = &log else { return Err(fail("log control is not available".into())) };
+        l.reopen().map_err(fail)?;
         text(String::new())
     });
     let s = shared.clone();

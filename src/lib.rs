@@ -7,7 +7,9 @@
 
 pub mod cache;
 pub mod control;
+pub mod daemon;
 pub mod demo;
+pub mod docs;
 pub mod lab;
 pub mod metrics;
 pub mod netlab;

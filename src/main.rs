@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use ovn_nb_proxy::daemon::{LogFile, Pidfile};
 use ovn_nb_proxy::proxy::{Config, Proxy};
 use ovn_nb_proxy::remote::{parse_listen, parse_upstreams};
 
@@ -31,6 +32,10 @@ struct Cli {
     /// Log line format: `text` or `json` (one JSON object per line, for log shippers).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Write the log to FILE instead of stderr (appended; `ovs-appctl vlog/reopen` reopens it,
+    /// as OVN's logrotate rule asks every daemon in /var/run/ovn).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -58,6 +63,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: std::path::PathBuf,
     },
+    /// Write the manual page (ovn-nb-proxy.8) and the bash completion (ovn-nb-proxy.bash),
+    /// generated from this command line, into DIR (packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: std::path::PathBuf },
 }
 
 #[derive(Args)]
@@ -89,9 +98,14 @@ struct RunArgs {
     /// Finish a migration as soon as the Southbound shows the destination activated (needs --sb-db).
     #[arg(long)]
     finalize_on_activation: bool,
-    /// Control socket for ovs-appctl -t PATH.
+    /// Control socket for ovs-appctl -t PATH (default with --pidfile: DIR/NAME.PID.ctl beside
+    /// DIR/NAME.pid, where `ovs-appctl -t NAME` finds it when DIR is its run directory).
     #[arg(long, value_name = "PATH")]
     unixctl: Option<std::path::PathBuf>,
+    /// Write the process id to FILE, locked as OVS daemons do (`ovs-appctl -t` needs the lock);
+    /// removed on exit. A pidfile locked by a running proxy stops this one from starting.
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<std::path::PathBuf>,
     /// Write one transcript per client session into DIR (see `replay`).
     #[arg(long, value_name = "DIR")]
     record: Option<std::path::PathBuf>,
@@ -135,6 +149,8 @@ struct RunArgs {
 /// which on a busy host costs fewer wake-ups per message than a pool; more spreads sessions.
 #[derive(Args)]
 struct RuntimeArgs {
+    /// Threads that run the proxy: 1 runs every session on one thread (fewest wake-ups per
+    /// message on a busy host); more spreads sessions over a pool.
     #[arg(long, global = true, default_value_t = 1, value_name = "N")]
     threads: usize,
 }
@@ -145,10 +161,12 @@ enum SessionUpstream {
     First,
 }
 
-/// The tracing filter behind a reload handle, for `ovs-appctl vlog/set` and `vlog/list`.
+/// The tracing filter behind a reload handle, for `ovs-appctl vlog/set` and `vlog/list`, and
+/// the log file, for `vlog/reopen`.
 struct Reloadable {
     handle: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
     current: std::sync::Mutex<String>,
+    file: Option<Arc<LogFile>>,
 }
 
 impl ovn_nb_proxy::control::LogControl for Reloadable {
@@ -162,10 +180,32 @@ impl ovn_nb_proxy::control::LogControl for Reloadable {
     fn current(&self) -> String {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    fn reopen(&self) -> Result<(), String> {
+        let Some(file) = &self.file else { return Err("the log goes to stderr (no --log-file)".into()) };
+        file.reopen().map_err(|e| format!("{}: {e}", file.path().display()))
+    }
 }
 
-fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) -> Arc<Reloadable> {
+/// `&Arc<LogFile>` as a tracing writer.
+#[derive(Clone)]
+struct SharedLog(Arc<LogFile>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SharedLog {
+    type Writer = ovn_nb_proxy::daemon::LogLine<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.0.make_writer()
+    }
+}
+
+fn init_logging(
+    filter: Option<&str>,
+    default: &str,
+    format: LogFormat,
+    file: Option<&std::path::Path>,
+) -> Result<Arc<Reloadable>> {
     use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::prelude::*;
     let text = filter
         .map(str::to_string)
@@ -174,19 +214,23 @@ fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) -> Arc<R
     let env = EnvFilter::try_new(&text).unwrap_or_else(|_| EnvFilter::new(default));
     let (layer, handle) = tracing_subscriber::reload::Layer::new(env);
     let registry = tracing_subscriber::registry().with(layer);
-    match format {
-        LogFormat::Json => {
-            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init()
+    let file = match file {
+        Some(path) => {
+            Some(Arc::new(LogFile::open(path).with_context(|| format!("--log-file {}", path.display()))?))
         }
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .init(),
+        None => None,
+    };
+    let (writer, ansi) = match &file {
+        Some(f) => (BoxMakeWriter::new(SharedLog(f.clone())), false),
+        None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal()),
+    };
+    match format {
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(writer)).init(),
+        LogFormat::Text => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi)).init()
+        }
     }
-    Arc::new(Reloadable { handle, current: std::sync::Mutex::new(text) })
+    Ok(Arc::new(Reloadable { handle, current: std::sync::Mutex::new(text), file }))
 }
 
 fn load_policy(path: &std::path::Path) -> Result<ovn_nb_proxy::policy::FileConfig> {
@@ -314,7 +358,7 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     // The demo prints its own story; the proxy's log would drown it unless asked for.
     let default_filter = if matches!(cli.command, Some(Command::Demo)) { "warn" } else { "info" };
-    let log = init_logging(cli.log.as_deref(), default_filter, cli.log_format);
+    let log = init_logging(cli.log.as_deref(), default_filter, cli.log_format, cli.log_file.as_deref())?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
     match cli.command {
@@ -345,6 +389,11 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Some(Command::GenerateDocs { dir }) => {
+            ovn_nb_proxy::docs::write(Cli::command(), &dir)?;
+            println!("{}: ovn-nb-proxy.8 ovn-nb-proxy.bash", dir.display());
+            Ok(())
+        }
         Some(Command::CheckConfig { config }) => {
             load_policy(&config)?;
             println!("{}: ok", config.display());
@@ -352,13 +401,19 @@ async fn run(cli: Cli) -> Result<()> {
         }
         None => {
             let config_path = cli.run.config.clone();
+            // Before anything binds: a second proxy on the same pidfile stops here.
+            let pidfile = cli.run.pidfile.as_deref().map(Pidfile::create).transpose()?;
             let mut cfg = config(cli.run)?;
+            if let (None, Some(p)) = (&cfg.unixctl, &pidfile) {
+                cfg.unixctl = Some(p.control_socket());
+            }
             cfg.log_control = Some(log);
             let proxy = Proxy::bind(cfg).await?;
             if let Some(path) = config_path {
                 reload_on_sighup(path, proxy.shared())?;
             }
             proxy.serve(shutdown).await;
+            drop(pidfile);
             Ok(())
         }
     }

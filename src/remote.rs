@@ -184,6 +184,8 @@ mod tests {
             ("unix:/run/ovn/ovnnb_db.sock", "unix:/run/ovn/ovnnb_db.sock"),
             ("tcp:127.0.0.1:6641", "tcp:127.0.0.1:6641"),
             ("tcp:[::1]:6641", "tcp:[::1]:6641"),
+            // Kube-OVN writes every address in brackets, IPv4 too.
+            ("tcp:[10.0.0.1]:6641", "tcp:10.0.0.1:6641"),
             ("tcp:ovn-nb.example:6641", "tcp:ovn-nb.example:6641"),
             ("punix:/tmp/p.sock", "punix:/tmp/p.sock"),
             ("ptcp:6641", "ptcp:6641:127.0.0.1"),

@@ -119,3 +119,41 @@ fn the_demo_stops_everything_on_ctrl_c() {
     assert!(status.success(), "demo exits cleanly on SIGINT: {status}");
     eventually("the demo's ovsdb-server is gone", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// The manual page and the completion come from the same definitions as `--help` and the
+/// control socket's command table: every long flag and every `ovs-appctl` command is in them,
+/// and `man -l` renders the page.
+#[test]
+fn the_man_page_and_completion_cover_every_flag_and_control_command() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bin = env!("CARGO_BIN_EXE_ovn-nb-proxy");
+    let out = Command::new(bin).arg("generate-docs").arg(dir.path()).output().expect("generate-docs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let help =
+        String::from_utf8_lossy(&Command::new(bin).arg("--help").output().expect("help").stdout).into_owned();
+    let page = Command::new("man")
+        .env("MANWIDTH", "200")
+        .arg("-l")
+        .arg(dir.path().join("ovn-nb-proxy.8"))
+        .output()
+        .expect("man (Debian package man-db)");
+    assert!(page.status.success(), "man -l: {}", String::from_utf8_lossy(&page.stderr));
+    let page = String::from_utf8_lossy(&page.stdout).into_owned();
+    let bash = std::fs::read_to_string(dir.path().join("ovn-nb-proxy.bash")).expect("completion");
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .collect();
+    assert!(flags.len() > 20, "{flags:?}");
+    for flag in &flags {
+        assert!(page.contains(flag), "{flag} is not in the man page");
+        assert!(bash.contains(flag), "{flag} is not in the completion");
+    }
+    for (cmd, _, _) in ovn_nb_proxy::control::COMMANDS {
+        assert!(page.contains(cmd), "control command {cmd} is not in the man page");
+    }
+    for section in ["CONTRACT", "CONTROL COMMANDS", "SIGNALS", "FILES"] {
+        assert!(page.lines().any(|l| l == section), "section {section}");
+    }
+}

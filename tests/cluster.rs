@@ -1,6 +1,6 @@
 //! The proxy in front of a real 3-member Raft NB cluster on loopback: leader-only clients,
 //! migration rewrites, the leader killed, two proxies electing one reconciler, and the sidecar
-//! deployment (one proxy per member).
+//! deployment as docker/kube-ovn-sidecar.yaml runs it (one proxy per member, one reconciler).
 
 mod common;
 use common::*;
@@ -173,27 +173,86 @@ fn two_proxies_elect_one_reconciler_and_the_other_takes_over() {
     eventually("the new holder reconciles", || get("vm2") == "\"hv1,hv3\"");
 }
 
+/// The sidecar's arguments for member `i`, as docker/kube-ovn-sidecar.yaml gives them: its
+/// local socket is member `i`'s, `$(NB_MEMBERS)` every member's TCP remote written as Kube-OVN
+/// writes addresses (`tcp:[IP]:PORT`). Listeners, control socket, metrics and log format are
+/// the harness's own; any other flag the manifest gains is passed through.
+fn manifest_sidecar(c: &NbCluster, i: usize) -> Proxy {
+    let m = manifest("kube-ovn-sidecar.yaml");
+    let args = m["spec"]["template"]["spec"]["containers"][0]["args"].as_array().expect("args").clone();
+    let members: Vec<String> =
+        (0..c.len()).map(|j| c.tcp_remote(j).replacen("tcp:127.0.0.1:", "tcp:[127.0.0.1]:", 1)).collect();
+    let mut upstream = None;
+    let mut extra = Vec::new();
+    for a in args.iter().filter_map(|a| a.as_str()) {
+        let a = a
+            .replace("unix:/var/run/ovn/ovnnb_db.sock", &c.unix_remote(i))
+            .replace("$(NB_MEMBERS)", &members.join(","));
+        match a.split('=').next().unwrap_or_default() {
+            "--upstream" => upstream = Some(a["--upstream=".len()..].to_string()),
+            "--listen" | "--unixctl" | "--metrics" | "--log-format" => {}
+            _ => extra.push(a),
+        }
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    Proxy::start(&upstream.expect("the manifest names the upstream"), &extra)
+}
+
+fn active(ps: &[Proxy]) -> usize {
+    ps.iter().filter(|p| is_active(p)).count()
+}
+
+/// Kube-OVN runs 3 NB members, each with a sidecar. Locks are per server: with its local
+/// socket alone, every sidecar holds the lock on its own member (three active reconcilers).
+/// With the manifest's arguments (local first, every member, sessions to the first) exactly
+/// one holds it, stays the only one, and after the leader is killed exactly one holds it again.
 #[test]
-fn one_proxy_per_member_as_sidecars() {
-    let w = cluster();
-    let c = &w.cluster;
-    // Each sidecar fronts its local member (first) and follows the leader for its own work.
-    let sidecars: Vec<Proxy> = (0..c.len())
-        .map(|i| {
-            let mut remotes = vec![c.unix_remote(i)];
-            remotes.extend((0..c.len()).filter(|&j| j != i).map(|j| c.tcp_remote(j)));
-            Proxy::start(&remotes.join(","), &["--session-upstream=first"])
-        })
-        .collect();
+fn sidecars_as_the_manifest_runs_them_elect_exactly_one_reconciler() {
+    let mut w = cluster();
+    let n = w.cluster.len();
+    {
+        let alone: Vec<Proxy> =
+            (0..n).map(|i| Proxy::start(&w.cluster.unix_remote(i), &["--session-upstream=first"])).collect();
+        eventually("each sidecar on its local socket alone holds its member's lock", || active(&alone) == n);
+    }
+    let sidecars: Vec<Proxy> = (0..n).map(|i| manifest_sidecar(&w.cluster, i)).collect();
     // A client given every sidecar hops to the one fronting the leader, as it would with the
     // members themselves.
     let all: Vec<String> = sidecars.iter().map(Proxy::unix_remote).collect();
-    ovn_nbctl(&all.join(","), &["ls-add", "sw-sidecar"]).expect("ovn-nbctl over the sidecars");
-    let names = ovn_nbctl(&c.unix_remote(c.leader().expect("leader")), &["ls-list"]).expect("list");
-    assert!(names.contains("sw-sidecar"), "{names}");
-    eventually("exactly one sidecar is the active reconciler", || {
-        sidecars.iter().filter(|p| is_active(p)).count() == 1
-    });
+    ovn_nbctl(&all.join(","), &["ls-add", "sw-sidecar", "--", "lsp-add", "sw-sidecar", "vm1"])
+        .expect("ovn-nbctl over the sidecars");
+    let leader = w.cluster.leader().expect("leader");
+    ovn_nbctl(&w.cluster.unix_remote(leader), &["lsp-set-options", "vm1", "requested-chassis=hv1"])
+        .expect("rc");
+    eventually("exactly one sidecar is the active reconciler", || active(&sidecars) == 1);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(active(&sidecars), 1, "one holder, and it stays the only one");
+    }
+    // A tag written around the sidecars is fixed, by the one holder.
+    let direct = |c: &NbCluster, args: &[&str]| {
+        let l = c.leader().expect("leader");
+        ovn_nbctl(&c.unix_remote(l), args)
+    };
+    direct(&w.cluster, &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"])
+        .expect("tag");
+    let rc = |c: &NbCluster| {
+        direct(c, &["get", "Logical_Switch_Port", "vm1", "options:requested-chassis"]).unwrap_or_default()
+    };
+    eventually("the holder reconciles", || rc(&w.cluster).trim() == "\"hv1,hv2\"");
+    let writers = sidecars.iter().filter(|p| p.log_text().contains(": reconcile ")).count();
+    assert_eq!(writers, 1, "one sidecar wrote the fix");
+    // The leader dies (its sidecar lives on and follows the new leader through the others).
+    w.cluster.kill(leader);
+    eventually("a new leader", || w.cluster.leader().is_ok_and(|l| l != leader));
+    eventually("exactly one holder again after the leader died", || active(&sidecars) == 1);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(active(&sidecars), 1, "one holder after the election, and only one");
+    }
+    direct(&w.cluster, &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv3"])
+        .expect("tag");
+    eventually("the new holder reconciles", || rc(&w.cluster).trim() == "\"hv1,hv3\"");
 }
 
 /// A proxy started while the cluster elects a leader: a tag sent through it before it has found

@@ -2,18 +2,10 @@
 //! shape Kubernetes and compose expect, and the image builds the binary the way the README
 //! says.
 
-use std::process::Command;
+mod common;
+use common::manifest as yaml;
 
-fn yaml(path: &str) -> serde_json::Value {
-    let full = format!("{}/docker/{path}", env!("CARGO_MANIFEST_DIR"));
-    let py = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", py, &full])
-        .output()
-        .expect("python3 with yaml (Debian package python3-yaml)");
-    assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("json")
-}
+use std::process::Command;
 
 #[test]
 fn manifests_parse_and_wire_the_proxy_to_the_local_nb_socket() {
@@ -21,7 +13,19 @@ fn manifests_parse_and_wire_the_proxy_to_the_local_nb_socket() {
     let c = &sidecar["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["name"], "ovn-nb-proxy");
     let args: Vec<&str> = c["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
-    assert!(args.contains(&"--upstream=unix:/var/run/ovn/ovnnb_db.sock"), "{args:?}");
+    // The local member first, then every member (from the ConfigMap), sessions to the first.
+    assert!(args.contains(&"--upstream=unix:/var/run/ovn/ovnnb_db.sock,$(NB_MEMBERS)"), "{args:?}");
+    assert!(args.contains(&"--session-upstream=first"), "{args:?}");
+    let env = &c["env"][0];
+    assert_eq!(env["name"], "NB_MEMBERS");
+    let config = yaml("kube-ovn-nb-proxy-config.yaml");
+    assert_eq!(config["kind"], "ConfigMap");
+    assert_eq!(env["valueFrom"]["configMapKeyRef"]["name"], config["metadata"]["name"]);
+    let key = env["valueFrom"]["configMapKeyRef"]["key"].as_str().expect("key");
+    let members = config["data"][key].as_str().expect("the members in the ConfigMap");
+    for m in members.split(',') {
+        m.parse::<ovn_nb_proxy::remote::Remote>().unwrap_or_else(|e| panic!("{m}: {e}"));
+    }
     assert!(args.contains(&"--listen=ptcp:6647:0.0.0.0"), "{args:?}");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["ports"][0]["containerPort"], 6647);

@@ -200,3 +200,102 @@ fn every_metric_is_documented_in_the_readme() {
         assert!(readme.contains(&format!("`{name}")), "{name} is not documented in README.md");
     }
 }
+
+/// A child process killed on drop.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn appctl_by_name(
+    tool: &str,
+    rundir_var: &str,
+    rundir: &std::path::Path,
+    args: &[&str],
+) -> Result<String, String> {
+    let exe = ovn_nb_proxy::sandbox::require(tool).unwrap_or_else(|e| panic!("{e:#}"));
+    let out = Command::new(exe)
+        .env(rundir_var, rundir)
+        .args(["-t", "ovn-nb-proxy"])
+        .args(args)
+        .output()
+        .expect(tool);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// As OVN's daemons under ovn-ctl or systemd: `--pidfile` (locked, so `ovs-appctl -t NAME`
+/// and `ovn-appctl -t NAME` find the control socket by name), a second proxy on the same
+/// pidfile refused, `--log-file` reopened by `vlog/reopen` after a rotation, and both files
+/// gone after SIGTERM.
+#[test]
+fn pidfile_control_socket_by_name_and_a_reopened_log_file() {
+    let nb = nb();
+    seed_vm1(&nb.server.unix_remote());
+    let dir = tempfile::Builder::new().prefix("nbproxy-daemon.").tempdir().expect("tmp");
+    let (pidfile, log) = (dir.path().join("ovn-nb-proxy.pid"), dir.path().join("ovn-nb-proxy.log"));
+    let sock = dir.path().join("p.sock");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy"))
+            .arg(format!("--upstream={}", nb.server.unix_remote()))
+            .arg(format!("--listen=punix:{}", sock.display()))
+            .arg(format!("--pidfile={}", pidfile.display()))
+            .arg(format!("--log-file={}", log.display()))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("proxy")
+    };
+    let mut first = Daemon(spawn());
+    let ctl = dir.path().join(format!("ovn-nb-proxy.{}.ctl", first.0.id()));
+    eventually("the pidfile and the control socket named after it", || pidfile.exists() && ctl.exists());
+    let version =
+        appctl_by_name("ovs-appctl", "OVS_RUNDIR", dir.path(), &["version"]).expect("ovs-appctl -t NAME");
+    assert!(version.starts_with("ovn-nb-proxy "), "{version}");
+    let show =
+        appctl_by_name("ovn-appctl", "OVN_RUNDIR", dir.path(), &["proxy/show"]).expect("ovn-appctl -t NAME");
+    assert!(show.contains("listeners: punix:"), "{show}");
+    // A second proxy on the same pidfile stops before binding anything, naming the holder.
+    let second = spawn().wait_with_output().expect("second");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("already locked by a running process") && err.contains(&first.0.id().to_string()),
+        "{err}"
+    );
+    assert!(pidfile.exists(), "the running proxy's pidfile is left alone");
+    // The log: in the file (not on stderr); moved away, it is reopened on vlog/reopen.
+    eventually("the log file has the start", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening"))
+    });
+    let rotated = dir.path().join("ovn-nb-proxy.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    appctl_by_name("ovs-appctl", "OVS_RUNDIR", dir.path(), &["vlog/reopen"]).expect("vlog/reopen");
+    let db = format!("unix:{}", sock.display());
+    ovn_nbctl(&db, &["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"])
+        .expect("tag");
+    eventually("the rewrite is logged in the new file", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("vm1"))
+    });
+    assert!(!std::fs::read_to_string(&rotated).expect("rotated").contains("vm1"), "not in the old one");
+    // SIGTERM: a clean exit, pidfile and control socket removed.
+    let pid = first.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = first.0.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!pidfile.exists() && !ctl.exists(), "pidfile and control socket removed on exit");
+}
+
+#[test]
+fn vlog_reopen_without_a_log_file_says_so() {
+    let nb = nb();
+    let p = Proxy::start(&nb.server.unix_remote(), &[]);
+    let err = p.appctl(&["vlog/reopen"]).expect_err("no log file");
+    assert!(err.contains("no --log-file"), "{err}");
+}

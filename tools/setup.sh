@@ -3,11 +3,12 @@
 # Debian packages: OVN (central and host), Open vSwitch (switch and PKI), the Python OVS IDL,
 # ovsdbapp, socat; for the real-packet lab ethtool and iproute2, and for its QEMU guest
 # qemu-system-x86, busybox-static, linux-image-amd64 (the guest's kernel), cpio and xz-utils
-# (without their recommendations). Crates come through cargo itself.
+# (without their recommendations); for the package's test logrotate, man-db and binutils.
+# Crates come through cargo itself.
 set -euo pipefail
 
 packages=(ovn-central ovn-host openvswitch-switch openvswitch-pki python3-openvswitch python3-ovsdbapp python3-yaml socat
-          ethtool iproute2)
+          ethtool iproute2 logrotate man-db binutils)
 guest=(qemu-system-x86 busybox-static linux-image-amd64 cpio xz-utils)
 
 missing_of() {

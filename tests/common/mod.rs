@@ -14,6 +14,18 @@ pub use ovn_nb_proxy::sandbox::{ovn_nbctl, run_tool, NbServer};
 
 pub mod model;
 
+/// A file of `docker/` (YAML) as JSON, read with Python's yaml (Debian package python3-yaml).
+pub fn manifest(path: &str) -> serde_json::Value {
+    let full = format!("{}/docker/{path}", env!("CARGO_MANIFEST_DIR"));
+    let py = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", py, &full])
+        .output()
+        .expect("python3 with yaml (Debian package python3-yaml)");
+    assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 /// A temp dir with an NB server in it. Field order: the server stops before the dir goes.
 pub struct Nb {
     pub server: NbServer,

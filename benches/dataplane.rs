@@ -172,7 +172,7 @@ fn main() {
                     m.arm = format!("{} (qemu)", m.arm);
                 }
                 eprintln!(
-                    "run {run} {:<17} tcp {} stall {:6.1} ms  interruption {:6.1} ms  lost {:3}  both {:3}  rarp→act {:?}  downtime {:?}",
+                    "run {run} {:<17} tcp {} stall {:6.1} ms  interruption {:6.1} ms  lost {:3}  both {:3}  rarp→act {:?}  downtime {:?}{}",
                     m.arm,
                     if m.tcp_survived { "ok " } else { "BROKEN" },
                     m.tcp_stall_ms,
@@ -180,7 +180,8 @@ fn main() {
                     m.lost,
                     m.dup_to_both,
                     m.rarp_to_activated_ms.map(|x| (x * 10.0).round() / 10.0),
-                    m.qemu_downtime_ms
+                    m.qemu_downtime_ms,
+                    m.tcp_error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
                 );
                 all.push(m);
             }

@@ -14,6 +14,7 @@
 //! | `CHAOS_SECS` | 15 | how long the writers run |
 //! | `CHAOS_SEED` | 1 | the schedule's seed |
 //! | `CHAOS_LATENCY_MS` | 250 | bound on the longest `/healthz`, and on an echo through the proxy beyond the longest direct one |
+//! | `CHAOS_DEBUG` | unset | set: print the proxy's log up to the moment it became the active reconciler |
 //!
 //! The two tests take turns (each loads both cores).
 //!
@@ -443,6 +444,9 @@ fn run(mut db: Db, cluster: bool) {
         .expect("proxy")
         .wait_log("this proxy is the active reconciler", Duration::from_secs(120));
     let ready = t0.elapsed();
+    if std::env::var("CHAOS_DEBUG").is_ok() {
+        eprintln!("{}", host.proxy.as_ref().expect("proxy").log_text());
+    }
 
     // Probes.
     let through = EchoProbe::start(&host.socket);

@@ -100,22 +100,14 @@ fn append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// One log line's writer: the file, locked for the line.
-pub struct LogLine<'a>(MutexGuard<'a, File>);
-
-impl Write for LogLine<'_> {
+/// Writes go to the file open now (a line is one `write_all` of the formatted event, so one
+/// append). `Arc<LogFile>` is then a tracing writer as it is.
+impl Write for &LogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.lock().write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
-    type Writer = LogLine<'a>;
-    fn make_writer(&'a self) -> LogLine<'a> {
-        LogLine(self.lock())
+        self.lock().flush()
     }
 }
 
@@ -158,12 +150,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("p.log");
         let log = LogFile::open(&path).expect("open");
-        use tracing_subscriber::fmt::MakeWriter;
-        log.make_writer().write_all(b"one\n").expect("write");
+        (&log).write_all(b"one\n").expect("write");
         std::fs::rename(&path, dir.path().join("p.log.1")).expect("rotate");
-        log.make_writer().write_all(b"two\n").expect("write");
+        (&log).write_all(b"two\n").expect("write");
         log.reopen().expect("reopen");
-        log.make_writer().write_all(b"three\n").expect("write");
+        (&log).write_all(b"three\n").expect("write");
         assert_eq!(std::fs::read_to_string(dir.path().join("p.log.1")).expect("old"), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&path).expect("new"), "three\n");
     }

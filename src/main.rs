@@ -187,17 +187,6 @@ impl ovn_nb_proxy::control::LogControl for Reloadable {
     }
 }
 
-/// `&Arc<LogFile>` as a tracing writer.
-#[derive(Clone)]
-struct SharedLog(Arc<LogFile>);
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SharedLog {
-    type Writer = ovn_nb_proxy::daemon::LogLine<'a>;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.0.make_writer()
-    }
-}
-
 fn init_logging(
     filter: Option<&str>,
     default: &str,
@@ -221,7 +210,7 @@ fn init_logging(
         None => None,
     };
     let (writer, ansi) = match &file {
-        Some(f) => (BoxMakeWriter::new(SharedLog(f.clone())), false),
+        Some(f) => (BoxMakeWriter::new(f.clone()), false),
         None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal()),
     };
     match format {

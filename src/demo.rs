@@ -178,15 +178,7 @@ async fn two_hypervisors(dir: &std::path::Path) -> Result<()> {
     };
     let lab = std::sync::Arc::new(lab);
     let proxy_sock = dir.join("proxy-lab.sock");
-    let mut cfg = Config::new(
-        crate::remote::parse_upstreams(&lab.nb_remote())?,
-        vec![Passive::Unix(proxy_sock.clone())],
-    );
-    cfg.sb = crate::remote::parse_upstreams(&lab.sb_remote())?;
-    let proxy = Proxy::bind(cfg).await?;
-    let shared = proxy.shared();
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(proxy.serve(stop.clone()));
+    let (shared, stop, serving) = serve_watching_sb(&lab.nb_remote(), &lab.sb_remote(), &proxy_sock).await?;
     let demo = Demo { proxy_db: format!("unix:{}", proxy_sock.display()), direct_db: lab.nb_remote() };
     println!("• NB {}  SB {}  proxy {} (watching the SB)", lab.nb_remote(), lab.sb_remote(), demo.proxy_db);
     wait_synced(&shared).await?;
@@ -313,15 +305,7 @@ async fn real_packets(dir: &std::path::Path) -> Result<()> {
         }
     };
     let proxy_sock = dir.join("proxy-packets.sock");
-    let mut cfg = Config::new(
-        crate::remote::parse_upstreams(&lab.nb_remote())?,
-        vec![Passive::Unix(proxy_sock.clone())],
-    );
-    cfg.sb = crate::remote::parse_upstreams(&lab.sb_remote())?;
-    let proxy = Proxy::bind(cfg).await?;
-    let shared = proxy.shared();
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(proxy.serve(stop.clone()));
+    let (shared, stop, serving) = serve_watching_sb(&lab.nb_remote(), &lab.sb_remote(), &proxy_sock).await?;
     wait_synced(&shared).await?;
     println!(
         "• 2 chassis in network namespaces (ovs-vswitchd on the userspace datapath, Geneve between them); \
@@ -379,6 +363,22 @@ async fn real_packets(dir: &std::path::Path) -> Result<()> {
     stop.cancel();
     let _ = serving.await;
     Ok(())
+}
+
+/// A proxy in front of the NB remote `nb`, watching the SB remote `sb`, listening on `sock`;
+/// served until the token is cancelled.
+async fn serve_watching_sb(
+    nb: &str,
+    sb: &str,
+    sock: &std::path::Path,
+) -> Result<(std::sync::Arc<crate::proxy::Shared>, CancellationToken, tokio::task::JoinHandle<()>)> {
+    let mut cfg = Config::new(crate::remote::parse_upstreams(nb)?, vec![Passive::Unix(sock.to_path_buf())]);
+    cfg.sb = crate::remote::parse_upstreams(sb)?;
+    let proxy = Proxy::bind(cfg).await?;
+    let shared = proxy.shared();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(proxy.serve(stop.clone()));
+    Ok((shared, stop, serving))
 }
 
 async fn wait_synced(shared: &crate::proxy::Shared) -> Result<()> {

@@ -73,6 +73,15 @@ pub(crate) fn control_socket(dir: &Path, prog: &str) -> PathBuf {
     dir.join(format!("{prog}.ctl"))
 }
 
+/// `ovs-appctl` to the `ovs-vswitchd` whose sandbox is `dir`.
+pub(crate) fn vswitchd_appctl(dir: &Path, args: &[&str]) -> Result<String> {
+    let target = control_socket(dir, "ovs-vswitchd");
+    let target = target.to_string_lossy();
+    let mut full = vec!["-t", &target];
+    full.extend_from_slice(args);
+    ctl(dir, "ovs-appctl", &full)
+}
+
 fn last_lines(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -202,26 +211,12 @@ impl OvnLab {
         if hypervisors.is_empty() || hypervisors.len() > 200 {
             bail!("a lab has 1 to 200 hypervisors, not {}", hypervisors.len());
         }
-        need_file(SB_SCHEMA, "ovn-central")?;
         need_file(VSWITCH_SCHEMA, "openvswitch-switch")?;
         for tool in ["ovn-northd", "ovn-controller", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovsdb-client"]
         {
             sandbox::require(tool)?;
         }
-        let nb_dir = mkdir(dir, "nb")?;
-        let nb = NbServer::start(&nb_dir).context("starting the NB ovsdb-server")?;
-        let mut lab = OvnLab {
-            dir: dir.to_path_buf(),
-            daemons: Mutex::new(Vec::new()),
-            hvs: Vec::new(),
-            sb_tcp_port: 0,
-            nb,
-        };
-        lab.sb_tcp_port =
-            lab.start_ovsdb(&mkdir(dir, "sb")?, "sb", "sb.sock", SB_SCHEMA, true)?.unwrap_or_default();
-        lab.nbctl(&["init"])?;
-        lab.sbctl(&["init"])?;
-        lab.start_northd()?;
+        let mut lab = OvnLab::start_central(dir)?;
         lab.start_network(hypervisors)?;
         lab.hvs = std::thread::scope(|s| {
             let lab = &lab;
@@ -557,11 +552,7 @@ impl Hypervisor {
 
     /// `ovs-appctl` to this hypervisor's `ovs-vswitchd`.
     pub fn appctl(&self, args: &[&str]) -> Result<String> {
-        let target = control_socket(&self.dir, "ovs-vswitchd");
-        let target = target.to_string_lossy();
-        let mut full = vec!["-t", &target];
-        full.extend_from_slice(args);
-        ctl(&self.dir, "ovs-appctl", &full)
+        vswitchd_appctl(&self.dir, args)
     }
 
     /// Plugs a VM interface: a dummy port `iface` on `br-int` with `external_ids:iface-id=lsp`,

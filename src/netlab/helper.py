@@ -214,6 +214,18 @@ def peer(args):
     t.setblocking(False)
     sent_tcp, echoed, in_order, error = 0, 0, True, None
     echo_times, pending_tx, rx_buf = [], b"", b""
+
+    def take_echoes(arrived):
+        """Consumes the whole 16-byte echoed records in rx_buf, checking their order."""
+        nonlocal rx_buf, echoed, in_order
+        while len(rx_buf) >= 16:
+            n = struct.unpack("!Q", rx_buf[:8])[0]
+            rx_buf = rx_buf[16:]
+            if n != echoed:
+                in_order = False
+            echoed += 1
+            echo_times.append(arrived)
+
     next_tcp, next_udp = start, start
     while True:
         now = time.time()
@@ -268,14 +280,7 @@ def peer(args):
                 break
             if data:
                 rx_buf += data
-                arrived = time.time()
-                while len(rx_buf) >= 16:
-                    n = struct.unpack("!Q", rx_buf[:8])[0]
-                    rx_buf = rx_buf[16:]
-                    if n != echoed:
-                        in_order = False
-                    echoed += 1
-                    echo_times.append(arrived)
+                take_echoes(time.time())
         if time.time() > end + 10:
             error = error or "echoes did not catch up within 10 s"
             break
@@ -289,13 +294,7 @@ def peer(args):
                 error = "the VM closed the connection"
                 break
             rx_buf += data
-            while len(rx_buf) >= 16:
-                n = struct.unpack("!Q", rx_buf[:8])[0]
-                rx_buf = rx_buf[16:]
-                if n != echoed:
-                    in_order = False
-                echoed += 1
-                echo_times.append(time.time())
+            take_echoes(time.time())
     except OSError as e:
         error = error or f"final recv: {e}"
     time.sleep(0.05)

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use crate::lab::{accepts, control_socket, ctl, mkdir, vsctl, OvnLab, SbWatch};
+use crate::lab::{accepts, control_socket, ctl, mkdir, vsctl, vswitchd_appctl, OvnLab, SbWatch};
 use crate::sandbox;
 
 /// The traffic and VM-side helper, written into the lab's directory.
@@ -134,11 +134,7 @@ impl Chassis {
     }
 
     pub fn appctl(&self, args: &[&str]) -> Result<String> {
-        let target = control_socket(&self.dir, "ovs-vswitchd");
-        let target = target.to_string_lossy();
-        let mut full = vec!["-t", &target];
-        full.extend_from_slice(args);
-        ctl(&self.dir, "ovs-appctl", &full)
+        vswitchd_appctl(&self.dir, args)
     }
 
     /// Plugs `vif` (a device in this chassis' namespace) into `br-int` for logical port `lsp`.

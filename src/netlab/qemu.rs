@@ -338,23 +338,7 @@ pub fn run_once(lab: &mut PacketLab, guest: &Guest, arm: Arm, cms: &Cms) -> Resu
             _ => std::thread::sleep(Duration::from_millis(2)),
         }
     };
-    let complete_after = match arm {
-        Arm::Naive(ms) => Duration::from_millis(ms),
-        _ => Duration::from_millis(1000),
-    };
-    let (mut unplugged, mut completed) = (false, false);
-    while !(unplugged && completed) {
-        let now = switch.elapsed();
-        if !unplugged && now >= Duration::from_millis(500) {
-            lab.hv("hv1")?.unplug("qtap-src")?;
-            unplugged = true;
-        }
-        if !completed && now >= complete_after {
-            super::run::complete_write(arm, cms)?;
-            completed = true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    super::run::after_switchover(lab, switch, "qtap-src", arm, cms)?;
     drop(src);
     let result = traffic.finish(Duration::from_secs(60))?;
     let rarp_at = rarps.first("rarp", Duration::from_secs(1)).ok().and_then(|v| v["rarp"].as_f64());
@@ -366,20 +350,8 @@ pub fn run_once(lab: &mut PacketLab, guest: &Guest, arm: Arm, cms: &Cms) -> Resu
     let window = (t_switch - 0.5, end - 0.1);
     let noise_until = at(first_write) - 0.05;
     let noise_from = result["start"].as_f64().unwrap_or(noise_until - 1.0) + 0.3;
-    let activated = rarp_at.and_then(|r| {
-        watch
-            .first_since("vm", switch - Duration::from_secs(1), Duration::from_secs(3), |pb| {
-                pb.option("additional-chassis-activated").is_some_and(|a| a.split(',').any(|c| c == "hv2"))
-            })
-            .ok()
-            .map(|(t, _)| (at(t) - r) * 1000.0)
-    });
-    let final_at = watch
-        .first_since("vm", switch, Duration::from_secs(5), |pb| {
-            pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty()
-        })
-        .ok()
-        .map(|(t, _)| t.duration_since(switch).as_secs_f64() * 1000.0);
+    let (activated, final_at) =
+        super::run::sb_milestones(&watch, rarp_at, switch - Duration::from_secs(1), switch, at);
     drop(dst);
     lab.hv("hv2")?.unplug("qtap-dst")?;
     let sent = result["udp"]["sent"].as_u64().unwrap_or(0);

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::PacketLab;
-use crate::lab::PortBinding;
+use crate::lab::{PortBinding, SbWatch};
 
 /// How the CMS drives the migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -162,6 +162,33 @@ pub fn longest_gap(times: &[f64], from: f64, to: f64) -> f64 {
     best
 }
 
+/// From the SB watch, in ms: the RARP (`rarp_at`, wall clock) to hv2 in
+/// `additional-chassis-activated` (looked for from `activated_since`), and the switchover to
+/// the port bound on hv2 alone.
+pub(super) fn sb_milestones(
+    watch: &SbWatch,
+    rarp_at: Option<f64>,
+    activated_since: Instant,
+    switch: Instant,
+    at: impl Fn(Instant) -> f64,
+) -> (Option<f64>, Option<f64>) {
+    let activated = rarp_at.and_then(|r| {
+        watch
+            .first_since("vm", activated_since, Duration::from_secs(3), |pb| {
+                pb.option("additional-chassis-activated").is_some_and(|a| a.split(',').any(|c| c == "hv2"))
+            })
+            .ok()
+            .map(|(t, _)| (at(t) - r) * 1000.0)
+    });
+    let final_at = watch
+        .first_since("vm", switch, Duration::from_secs(5), |pb| {
+            pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty()
+        })
+        .ok()
+        .map(|(t, _)| t.duration_since(switch).as_secs_f64() * 1000.0);
+    (activated, final_at)
+}
+
 pub(super) fn times(v: &Value) -> Vec<f64> {
     v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
 }
@@ -191,8 +218,38 @@ pub(super) fn start_write(arm: Arm, cms: &Cms) -> Result<()> {
     Ok(())
 }
 
+/// What follows the VM's resumption on hv2 at `switch`: the source VIF `src_vif` unplugged
+/// from hv1 500 ms later, and the CMS completing the migration when `arm` does (its delay for
+/// the naive arms, 1 s for the others).
+pub(super) fn after_switchover(
+    lab: &PacketLab,
+    switch: Instant,
+    src_vif: &str,
+    arm: Arm,
+    cms: &Cms,
+) -> Result<()> {
+    let complete_after = match arm {
+        Arm::Naive(ms) => Duration::from_millis(ms),
+        _ => Duration::from_millis(1000),
+    };
+    let (mut unplugged, mut completed) = (false, false);
+    while !(unplugged && completed) {
+        let now = switch.elapsed();
+        if !unplugged && now >= Duration::from_millis(500) {
+            lab.hv("hv1")?.unplug(src_vif)?;
+            unplugged = true;
+        }
+        if !completed && now >= complete_after {
+            complete_write(arm, cms)?;
+            completed = true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// The CMS completes the migration, as `arm` does.
-pub(super) fn complete_write(arm: Arm, cms: &Cms) -> Result<()> {
+fn complete_write(arm: Arm, cms: &Cms) -> Result<()> {
     match arm {
         Arm::Naive(_) | Arm::Direct => transact(cms.nb, options("hv2", None))?,
         _ => {
@@ -248,24 +305,7 @@ pub fn run_once(lab: &mut PacketLab, arm: Arm, cms: &Cms) -> Result<Measured> {
     let switch = Instant::now();
     lab.vm()?.switch_to_destination()?;
     let rarp_at = if arm.sends_rarp() { Some(lab.vm_mut()?.rarp()?) } else { None };
-    let complete_after = match arm {
-        Arm::Naive(ms) => Duration::from_millis(ms),
-        _ => Duration::from_millis(1000),
-    };
-    let mut unplugged = false;
-    let mut completed = false;
-    while !(unplugged && completed) {
-        let now = switch.elapsed();
-        if !unplugged && now >= Duration::from_millis(500) {
-            lab.hv("hv1")?.unplug("vif-src")?;
-            unplugged = true;
-        }
-        if !completed && now >= complete_after {
-            complete_write(arm, cms)?;
-            completed = true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    after_switchover(lab, switch, "vif-src", arm, cms)?;
     let result = traffic.finish(Duration::from_secs(30))?;
     let (_, _, both) = lab.vm_mut()?.sniffed()?;
 
@@ -278,21 +318,7 @@ pub fn run_once(lab: &mut PacketLab, arm: Arm, cms: &Cms) -> Result<Measured> {
     let noise_from = result["start"].as_f64().unwrap_or(noise_until - 0.5) + 0.3;
     let sent = result["udp"]["sent"].as_u64().unwrap_or(0);
     let received = result["udp"]["received"].as_u64().unwrap_or(0);
-    let activated = rarp_at.and_then(|r| {
-        let since = switch;
-        watch
-            .first_since("vm", since, Duration::from_secs(3), |pb| {
-                pb.option("additional-chassis-activated").is_some_and(|a| a.split(',').any(|c| c == "hv2"))
-            })
-            .ok()
-            .map(|(t, _)| (at(t) - r) * 1000.0)
-    });
-    let final_at = watch
-        .first_since("vm", switch, Duration::from_secs(5), |pb| {
-            pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty()
-        })
-        .ok()
-        .map(|(t, _)| t.duration_since(switch).as_secs_f64() * 1000.0);
+    let (activated, final_at) = sb_milestones(&watch, rarp_at, switch, switch, at);
     Ok(Measured {
         arm: arm.label(),
         tcp_survived: result["tcp"]["survived"].as_bool().unwrap_or(false),

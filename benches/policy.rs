@@ -146,6 +146,51 @@ fn data_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a port write costs the session when nothing migrates (the cache synchronised, no port
+/// tagged, nothing due): the byte tests that let it pass unparsed, against 20 000 cached ports.
+fn fast_path(c: &mut Criterion) {
+    use ovn_nb_proxy::rewrite::{may_touch_ports, must_plan, PortsView};
+    use ovn_nb_proxy::timeline::Timelines;
+    let cfg = PolicyConfig::default();
+    let policy = std::sync::RwLock::new(std::sync::Arc::new(cfg.clone()));
+    let cache = LspCache::new();
+    cache.track(&cfg.destination_key);
+    cache.reset(&initial_text(20_000)).expect("initial");
+    let timelines = Timelines::new();
+    let view = PortsView { cache: &cache, timelines: &timelines, finalize: false };
+    assert!(view.quiet(&cfg), "no port is tagged");
+    let writes = [
+        (
+            "nbctl_set_untagged_port",
+            json!({"id": 5, "method": "transact", "params": ["OVN_Northbound",
+            {"mutations": [["external_ids", "insert", ["map", [["bench", "1"]]]]],
+             "where": [["_uuid", "==", ["uuid", uuid(7)]]], "table": "Logical_Switch_Port", "op": "mutate"},
+            {"comment": "ovn-nbctl: ovn-nbctl set Logical_Switch_Port vm7.ns1 external_ids:bench=1", "op": "comment"}]}),
+        ),
+        (
+            "kube_ovn_update_untagged_port",
+            json!({"id": 6, "method": "transact", "params": ["OVN_Northbound",
+            {"op": "update", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["uuid", uuid(7)]]],
+             "row": {"options": ["map", [["requested-chassis", "node3"]]],
+                     "external_ids": ["map", [["vendor", "kube-ovn"], ["ls", "ovn-default"], ["pod", "ns1/vm7"]]]}}]}),
+        ),
+    ];
+    let mut group = c.benchmark_group("fast_path");
+    group.throughput(Throughput::Elements(1));
+    for (name, msg) in writes {
+        let raw = Bytes::from(msg.to_string());
+        assert!(may_touch_ports(&raw) && !must_plan(&raw, &cfg, view.quiet(&cfg)), "{name} passes unparsed");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let raw = black_box(&raw);
+                let cfg = policy.read().map(|p| p.clone()).expect("lock");
+                may_touch_ports(raw) && must_plan(raw, &cfg, view.quiet(&cfg))
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The migration timelines' cost per change, empty and at production's worst: 50 000 ports
 /// migrating and the 10 000 finished migrations kept (each new one finished drops the oldest).
 /// The cost must not grow with the history.
@@ -189,5 +234,5 @@ fn timelines(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, monitor, data_path, timelines);
+criterion_group!(benches, bench, monitor, data_path, fast_path, timelines);
 criterion_main!(benches);

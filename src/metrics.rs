@@ -16,6 +16,7 @@ pub struct Metrics {
     pub sessions: Counter,
     pub frame_too_large: Counter,
     pub transactions: Counter,
+    pub unparsed: Counter,
     pub messages_c2s: Counter,
     pub messages_s2c: Counter,
     pub bytes_c2s: Counter,
@@ -49,6 +50,7 @@ impl Default for Metrics {
             sessions: Counter::default(),
             frame_too_large: Counter::default(),
             transactions: Counter::default(),
+            unparsed: Counter::default(),
             messages_c2s: Counter::default(),
             messages_s2c: Counter::default(),
             bytes_c2s: Counter::default(),
@@ -97,7 +99,16 @@ impl Metrics {
         m.bytes_c2s = bytes.get_or_create(&[("direction", "client_to_server")]).clone();
         m.bytes_s2c = bytes.get_or_create(&[("direction", "server_to_client")]).clone();
         r.register("bytes", "Bytes relayed, by direction", bytes);
-        r.register("transactions", "transact requests seen on Logical_Switch_Port", m.transactions.clone());
+        r.register(
+            "transactions",
+            "transact requests on Logical_Switch_Port planned by the policy",
+            m.transactions.clone(),
+        );
+        r.register(
+            "unparsed",
+            "Client messages on Logical_Switch_Port forwarded unparsed: no port migrating, no tag in the message",
+            m.unparsed.clone(),
+        );
         r.register("rewrites", "Port rewrites made in client transactions, by cause", m.rewrites.clone());
         r.register(
             "rewrites_refused",

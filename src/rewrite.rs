@@ -63,6 +63,15 @@ pub struct PortsView<'a> {
     pub finalize: bool,
 }
 
+impl PortsView<'_> {
+    /// Nothing migrates: the cache is synchronised, no port carries `cfg`'s destination tag, and
+    /// no finished migration's final state is due. Then only a message naming the tag key can
+    /// matter to the policy ([`must_plan`]).
+    pub fn quiet(&self, cfg: &PolicyConfig) -> bool {
+        self.cache.none_tagged(&cfg.destination_key) && !self.timelines.any_due()
+    }
+}
+
 impl Memory for PortsView<'_> {
     fn finalized(&self, port: &str, destination: &str) -> bool {
         self.finalize && self.timelines.is_finalized(port, destination)
@@ -171,7 +180,35 @@ pub fn skip_message(reason: SkipReason) -> &'static str {
 
 /// Cheap test before any parsing: could this message be a `transact` on ports?
 pub fn may_touch_ports(raw: &[u8]) -> bool {
-    memmem::find(raw, b"Logical_Switch_Port").is_some() && memmem::find(raw, b"\"transact\"").is_some()
+    static TABLE: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(b"Logical_Switch_Port"));
+    static TRANSACT: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(b"\"transact\""));
+    TABLE.find(raw).is_some() && TRANSACT.find(raw).is_some()
+}
+
+/// Whether a message that may touch ports must be planned, when the port cache is synchronised,
+/// no cached port carries the destination tag and no final state is due (`quiet`): only if its
+/// bytes spell the destination tag key, or hold a JSON escape (which could spell it). Otherwise
+/// no row the transaction leaves can be tagged, nor was one before it: the policy has nothing to
+/// say (the policy fuzzer checks that the two answers agree), and the bytes go unparsed.
+pub fn must_plan(raw: &[u8], cfg: &PolicyConfig, quiet: bool) -> bool {
+    thread_local! {
+        /// The searcher for the destination key, built once per key (building one costs more
+        /// than searching a port write with it).
+        static DESTINATION: std::cell::RefCell<Option<(Box<str>, memmem::Finder<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    if !quiet || memchr::memchr(b'\\', raw).is_some() {
+        return true;
+    }
+    let key = cfg.destination_key.as_str();
+    DESTINATION.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(k, _)| **k != *key) {
+            *slot = Some((key.into(), memmem::Finder::new(key.as_bytes()).into_owned()));
+        }
+        slot.as_ref().is_none_or(|(_, f)| f.find(raw).is_some())
+    })
 }
 
 /// Where a member's value lies in a message, as a byte range.
@@ -416,6 +453,28 @@ mod tests {
         let a = fix_reply(br#"{"id":3,"result":[{"count":1},{"count":0}],"error":null}"#, &mut pending)
             .expect("answered");
         assert_eq!(a.outcome, Outcome::Committed { void: vec![0] });
+    }
+
+    #[test]
+    fn nothing_migrating_port_writes_pass_unparsed_unless_they_name_the_tag() {
+        let cfg = PolicyConfig::default();
+        let untagged = br#"{"id":5,"method":"transact","params":["OVN_Northbound",{"op":"mutate","table":"Logical_Switch_Port","where":[["name","==","vm1"]],"mutations":[["external_ids","insert",["map",[["pod","ns/vm1"]]]]]}]}"#;
+        assert!(may_touch_ports(untagged));
+        assert!(!must_plan(untagged, &cfg, true));
+        assert!(must_plan(untagged, &cfg, false), "something migrates: every port write is planned");
+        let tagging = br#"{"id":5,"method":"transact","params":["OVN_Northbound",{"op":"mutate","table":"Logical_Switch_Port","where":[["name","==","vm1"]],"mutations":[["external_ids","insert",["map",[["migration-destination","hv2"]]]]]}]}"#;
+        assert!(must_plan(tagging, &cfg, true));
+        // The key spelt with an escape: planned (the parser reads it as the key).
+        let escaped = br#"{"id":5,"method":"transact","params":["OVN_Northbound",{"op":"mutate","table":"Logical_Switch_Port","where":[["name","==","vm1"]],"mutations":[["external_ids","insert",["map",[["migration-destination","hv2"]]]]]}]}"#;
+        assert!(must_plan(escaped, &cfg, true));
+        let plan = inspect_request(&Bytes::from_static(escaped), &tagged_port(), &cfg).expect("a transact");
+        assert!(plan.plan.rewritten.is_some(), "the escaped key tags the port");
+        // Another destination key in force: the old one means nothing, the new one is looked for.
+        let other = PolicyConfig { destination_key: "kubevirt.io/target".into(), ..PolicyConfig::default() };
+        assert!(!must_plan(tagging, &other, true));
+        let kubevirt = br#"{"id":5,"method":"transact","params":["OVN_Northbound",{"op":"update","table":"Logical_Switch_Port","where":[],"row":{"external_ids":["map",[["kubevirt.io/target","hv2"]]]}}]}"#;
+        assert!(must_plan(kubevirt, &other, true));
+        assert!(!must_plan(kubevirt, &cfg, true));
     }
 
     #[test]

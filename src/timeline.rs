@@ -174,14 +174,6 @@ impl Migration {
     }
 }
 
-/// A row showing `requested-chassis` other than the stale value settles what was due: done, or
-/// overtaken by a writer.
-fn settle(m: &mut Migration, rc: &Option<String>) {
-    if m.due.as_ref().is_some_and(|d| d.stale != *rc) {
-        m.due = None;
-    }
-}
-
 /// What the tags of a row say about a migration, if anything.
 struct Tagged {
     destination: String,
@@ -226,6 +218,9 @@ pub struct Timelines {
     next_seq: AtomicU64,
     in_progress: AtomicUsize,
     unknown_source: AtomicUsize,
+    /// Entries holding a final state not shown applied yet (a counter: the sessions' fast path
+    /// reads it on every port write).
+    with_due: AtomicUsize,
 }
 
 const MAX_KEPT: usize = 10_000;
@@ -267,6 +262,41 @@ impl Timelines {
         }
     }
 
+    /// Sets what is due of `m`, keeping the counter of entries with something due in step.
+    fn set_due(&self, m: &mut Migration, due: Option<Due>) {
+        match (m.due.is_some(), due.is_some()) {
+            (false, true) => {
+                self.with_due.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                self.with_due.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+        m.due = due;
+    }
+
+    /// A row showing `requested-chassis` other than the stale value settles what was due: done,
+    /// or overtaken by a writer.
+    fn settle(&self, m: &mut Migration, rc: &Option<String>) {
+        if m.due.as_ref().is_some_and(|d| d.stale != *rc) {
+            self.set_due(m, None);
+        }
+    }
+
+    /// The counters an entry leaving the map takes with it.
+    fn uncount(&self, m: &Migration) {
+        if m.phase == Phase::InProgress {
+            self.in_progress.fetch_sub(1, Ordering::Relaxed);
+            if m.source.is_none() {
+                self.unknown_source.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if m.due.is_some() {
+            self.with_due.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn set_source(&self, m: &mut Migration, source: String, origin: SourceOrigin) {
         if m.source.is_none() && m.phase == Phase::InProgress {
             self.unknown_source.fetch_sub(1, Ordering::Relaxed);
@@ -278,12 +308,7 @@ impl Timelines {
     /// Drops the entry of `port` (with its counters and index entry).
     fn drop_entry(&self, port: &str) {
         if let Some((_, m)) = self.map.remove(port) {
-            if m.phase == Phase::InProgress {
-                self.in_progress.fetch_sub(1, Ordering::Relaxed);
-                if m.source.is_none() {
-                    self.unknown_source.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
+            self.uncount(&m);
             if let Some(seq) = m.finished {
                 self.index().remove(&seq);
             }
@@ -299,15 +324,16 @@ impl Timelines {
                 if m.phase == Phase::InProgress {
                     self.set_phase(&mut m, Phase::Aborted);
                     // Rolled back to the source, if the options are still the proxy's src,dst.
-                    m.due =
+                    let due =
                         m.both().filter(|b| rc.as_ref() == Some(b)).zip(m.source.clone()).map(|(b, src)| {
                             Due { stale: Some(b), requested_chassis: src, cause: Cause::Aborted }
                         });
+                    self.set_due(&mut m, due);
                     if m.mark(Stage::Aborted, now) {
                         new.push(Stage::Aborted);
                     }
                 } else {
-                    settle(&mut m, &rc);
+                    self.settle(&mut m, &rc);
                 }
             }
             self.trim();
@@ -367,13 +393,14 @@ impl Timelines {
             match final_rc {
                 // Finished by this row: the final options are due unless the row has them.
                 Some((f, cause)) if m.phase == Phase::InProgress => {
-                    m.due = (rc.as_ref() != Some(&f)).then(|| Due {
+                    let due = (rc.as_ref() != Some(&f)).then(|| Due {
                         stale: rc.clone(),
                         requested_chassis: f,
                         cause,
                     });
+                    self.set_due(m, due);
                 }
-                _ => settle(m, &rc),
+                _ => self.settle(m, &rc),
             }
             self.set_phase(m, t.phase);
             let stage = match t.phase {
@@ -545,6 +572,11 @@ impl Timelines {
         self.in_progress.load(Ordering::Relaxed)
     }
 
+    /// Whether any migration holds a final state not shown applied yet (a counter: no walk).
+    pub fn any_due(&self) -> bool {
+        self.with_due.load(Ordering::Acquire) > 0
+    }
+
     /// Migrations in progress whose source the proxy does not know.
     pub fn unknown_source(&self) -> usize {
         self.unknown_source.load(Ordering::Relaxed)
@@ -561,7 +593,9 @@ impl Timelines {
                 index.pop_first()
             };
             let Some((seq, port)) = victim else { return };
-            self.map.remove_if(&port, |_, m| m.finished == Some(seq));
+            if let Some((_, m)) = self.map.remove_if(&port, |_, m| m.finished == Some(seq)) {
+                self.uncount(&m);
+            }
         }
     }
 
@@ -864,6 +898,7 @@ mod tests {
         t.observe_nb(&row(&[], "hv1,hv2"), &cfg, at(1));
         assert_eq!(t.due("vm1"), due("hv1", "hv1,hv2", Cause::Aborted));
         assert_eq!(t.dues(), vec!["vm1".to_string()]);
+        assert!(t.any_due(), "the sessions' fast path is off while something is due");
         // Another change of the port that leaves requested-chassis: still due.
         let mut other = row(&[("owner", "me")], "hv1,hv2");
         other.options.insert("own".into(), "x".into());
@@ -872,6 +907,7 @@ mod tests {
         // Rolled back: done.
         t.observe_nb(&row(&[], "hv1"), &cfg, at(3));
         assert_eq!(t.due("vm1"), None);
+        assert!(!t.any_due());
         // An abort whose options a writer had already changed is not due at all.
         t.observe_nb(&row(&[("migration-destination", "hv3")], "hv1,hv3"), &cfg, at(4));
         t.observe_nb(&row(&[], "hv9"), &cfg, at(5));
@@ -889,5 +925,12 @@ mod tests {
         // A writer's own choice overtakes it.
         t.observe_nb(&row(&[], "hv7"), &cfg, at(9));
         assert_eq!(t.due("vm1"), None);
+        assert!(!t.any_due());
+        // A port deleted while its final state is due takes it along.
+        t.observe_nb(&row(&[("migration-destination", "hv5")], "hv7,hv5"), &cfg, at(10));
+        t.observe_nb(&row(&[], "hv7,hv5"), &cfg, at(11));
+        assert!(t.any_due());
+        t.forget("vm1");
+        assert!(!t.any_due());
     }
 }

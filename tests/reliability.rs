@@ -438,3 +438,98 @@ fn sighup_applies_finalize_on_activation_or_refuses_it() {
     assert!(line.contains("--sb-db"), "{line}");
     assert!(show(&q).contains("finalize on activation: false"), "{}", show(&q));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nothing migrating
+
+fn counter(addr: &str, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics");
+    sample(&body, name).unwrap_or(0.0)
+}
+
+fn untagged_write(port: &str, i: usize) -> Value {
+    json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", port]],
+           "mutations": [["external_ids", "insert", ["map", [[format!("pod{i}"), "x"]]]]]})
+}
+
+/// While no port migrates, port writes pass unparsed (the fast path); the first tag after that
+/// quiet, the first after a migration finished, and the first with a tag key that a reload just
+/// put in force are each still rewritten in the client's own transaction.
+#[test]
+fn the_fast_path_never_lets_a_tag_through_unrewritten() {
+    let n = scaled(20_000);
+    let nb = nb();
+    bulk_ports(&nb.server.socket(), "sw0", "vm", 0..n, |_| (pairs(&[("requested-chassis", "hv1")]), vec![]));
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, "[migration]\n").expect("write");
+    let cfg = format!("--config={}", path.display());
+    let mut p = Proxy::start(&nb.server.unix_remote(), &["--metrics=127.0.0.1:0", &cfg]);
+    let addr = p.metrics_addr();
+    p.wait_log("port cache synchronised", Duration::from_secs(60));
+    let (planned, unparsed) = ("ovn_nb_proxy_transactions_total", "ovn_nb_proxy_unparsed_total");
+
+    // A burst of untagged port writes from 8 clients at once: none is parsed.
+    std::thread::scope(|s| {
+        for c in 0..8 {
+            let socket = p.unix.clone();
+            s.spawn(move || {
+                let mut raw = Raw::connect(&socket);
+                for i in 0..125 {
+                    let r = transact_on(
+                        &mut raw,
+                        i as u64,
+                        vec![untagged_write(&format!("vm{}", c * 125 + i), i)],
+                    );
+                    assert!(r["result"][0].get("error").is_none(), "{r}");
+                }
+            });
+        }
+    });
+    assert_eq!(counter(&addr, unparsed), 1000.0, "untagged writes pass unparsed");
+    assert_eq!(counter(&addr, planned), 0.0);
+
+    // The first tag is planned and rewritten; while it migrates, every port write is planned.
+    transact_ok(&p.unix, vec![tag_op("vm1", "hv2")]);
+    assert_rewritten_in_transaction(&mut p, "vm1");
+    assert_eq!(rc_of(&read_ports(&nb.server.socket()), "vm1").as_deref(), Some("hv1,hv2"));
+    eventually("the monitor saw the tag", || {
+        transact_ok(&p.unix, vec![untagged_write("vm2", 1)]);
+        counter(&addr, planned) >= 2.0
+    });
+    let before = counter(&addr, unparsed);
+    transact_ok(&p.unix, vec![untagged_write("vm3", 1)]);
+    assert_eq!(counter(&addr, unparsed), before, "a port migrates: nothing passes unparsed");
+
+    // Finished and untagged: quiet again, and the next tag is rewritten all the same.
+    let done = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "vm1"]],
+        "mutations": [["external_ids", "insert", ["map", [["migration-phase", "succeeded"]]]]]});
+    transact_ok(&p.unix, vec![done]);
+    eventually("the final options are in", || {
+        rc_of(&read_ports(&nb.server.socket()), "vm1").as_deref() == Some("hv2")
+    });
+    let untag = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "vm1"]],
+        "mutations": [["external_ids", "delete", ["set", [DST, "migration-phase"]]]]});
+    transact_ok(&p.unix, vec![untag]);
+    eventually("quiet again", || {
+        let before = counter(&addr, unparsed);
+        transact_ok(&p.unix, vec![untagged_write("vm4", 2)]);
+        counter(&addr, unparsed) > before
+    });
+    transact_ok(&p.unix, vec![tag_op("vm5", "hv3")]);
+    assert_rewritten_in_transaction(&mut p, "vm5");
+    let untag5 = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "vm5"]],
+        "mutations": [["external_ids", "delete", ["set", [DST]]]]});
+    transact_ok(&p.unix, vec![untag5]);
+
+    // A reload puts another tag key in force: the very next write with it is rewritten, before
+    // the monitor has counted the ports by the new key.
+    std::fs::write(&path, "[migration]\ndestination-key = \"kubevirt.io/target\"\n").expect("write");
+    kill("-HUP", p.pid());
+    p.wait_log("config reloaded", Duration::from_secs(5));
+    let tag = json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [["name", "==", "vm6"]],
+        "mutations": [["external_ids", "insert", ["map", [["kubevirt.io/target", "hv2"]]]]]});
+    transact_ok(&p.unix, vec![tag]);
+    assert_rewritten_in_transaction(&mut p, "vm6");
+    assert_eq!(rc_of(&read_ports(&nb.server.socket()), "vm6").as_deref(), Some("hv1,hv2"));
+}

@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -144,17 +144,66 @@ impl Touched {
 #[error("unreadable Logical_Switch_Port update: {0}")]
 pub struct BadUpdate(#[from] serde_json::Error);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LspCache {
     rows: DashMap<Uuid, Arc<Row>>,
     /// name → uuid. Names are unique in the NB schema (an index), so one uuid per name.
     names: DashMap<Box<str>, Uuid>,
     synced: AtomicBool,
+    /// The destination tag key the rows are counted by (`track`), and how many carry it:
+    /// `UNCOUNTED` while a count is made. Rows are only written by one thread (the monitor), so
+    /// the count is raised before a row gains the tag and lowered after it loses it: a reader
+    /// never sees fewer tagged rows than there are.
+    tag_key: RwLock<Arc<str>>,
+    tagged: AtomicUsize,
+}
+
+const UNCOUNTED: usize = usize::MAX / 2;
+
+impl Default for LspCache {
+    fn default() -> Self {
+        LspCache {
+            rows: DashMap::new(),
+            names: DashMap::new(),
+            synced: AtomicBool::new(false),
+            tag_key: RwLock::new(Arc::from("")),
+            tagged: AtomicUsize::new(UNCOUNTED),
+        }
+    }
 }
 
 impl LspCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn counted_key(&self) -> Arc<str> {
+        self.tag_key.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts the rows tagged with `key` from now on (the destination tag key of the policy in
+    /// force); a walk of the table when the key changed, else nothing. Called by the writer of
+    /// the rows (the monitor), before it applies updates and when the policy is reloaded.
+    pub fn track(&self, key: &str) {
+        if *self.counted_key() == *key {
+            return;
+        }
+        self.tagged.store(UNCOUNTED, Ordering::SeqCst);
+        *self.tag_key.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(key);
+        let n = self.rows.iter().filter(|r| r.has_tag(key)).count();
+        self.tagged.store(n, Ordering::SeqCst);
+    }
+
+    /// True when the cache is synchronised, counts its rows by `key`, and none of them carries
+    /// it: no port is migrating (the sessions' fast path).
+    pub fn none_tagged(&self, key: &str) -> bool {
+        let counted = self.tag_key.read().unwrap_or_else(|e| e.into_inner());
+        self.is_synced() && **counted == *key && self.tagged.load(Ordering::SeqCst) == 0
+    }
+
+    /// How many rows carry the counted tag key (`None` while uncounted).
+    pub fn tagged_count(&self) -> Option<usize> {
+        Some(self.tagged.load(Ordering::SeqCst)).filter(|&n| n < UNCOUNTED)
     }
 
     /// True between a complete initial monitor reply and the loss of the monitor connection.
@@ -177,9 +226,13 @@ impl LspCache {
     /// Replaces the whole content with a monitor reply's initial rows (`<table-updates2>` text).
     pub fn reset(&self, initial: &str) -> Result<Vec<Touched>, BadUpdate> {
         let updates: TableUpdates = serde_json::from_str(initial)?;
+        self.tagged.store(UNCOUNTED, Ordering::SeqCst);
         self.rows.clear();
         self.names.clear();
         let touched = self.apply_parsed(updates);
+        let key = self.counted_key();
+        let n = touched.iter().filter(|t| t.after.as_ref().is_some_and(|r| r.has_tag(&key))).count();
+        self.tagged.store(n, Ordering::SeqCst);
         self.synced.store(true, Ordering::Release);
         Ok(touched)
     }
@@ -193,17 +246,19 @@ impl LspCache {
 
     fn apply_parsed(&self, updates: TableUpdates) -> Vec<Touched> {
         let mut touched = Vec::with_capacity(updates.lsp.0.len());
+        let key = self.counted_key();
+        let was_tagged = |r: &Option<Arc<Row>>| r.as_ref().is_some_and(|r| r.has_tag(&key));
         for (uuid, change) in updates.lsp.0 {
             let before = self.rows.get(&uuid).map(|r| Arc::clone(&r));
             let after = if let Some(cols) = change.initial.or(change.insert) {
                 let mut row = Row::default();
                 row.apply(cols, false);
-                Some(self.put(uuid, before.as_deref(), row))
+                Some(self.put_counted(uuid, before.as_deref(), row, &key))
             } else if let Some(cols) = change.modify {
                 let Some(old) = before.as_deref() else { continue };
                 let mut row = old.clone();
                 row.apply(cols, true);
-                Some(self.put(uuid, Some(old), row))
+                Some(self.put_counted(uuid, Some(old), row, &key))
             } else if change.delete {
                 if let Some((_, old)) = self.rows.remove(&uuid) {
                     self.names.remove_if(&old.name, |_, u| *u == uuid);
@@ -212,9 +267,20 @@ impl LspCache {
             } else {
                 continue;
             };
+            if was_tagged(&before) && !was_tagged(&after) {
+                self.tagged.fetch_sub(1, Ordering::SeqCst);
+            }
             touched.push(Touched { uuid, before, after });
         }
         touched
+    }
+
+    /// `put`, the tag count raised first when the row gains the tag.
+    fn put_counted(&self, uuid: Uuid, old: Option<&Row>, row: Row, key: &str) -> Arc<Row> {
+        if row.has_tag(key) && !old.is_some_and(|o| o.has_tag(key)) {
+            self.tagged.fetch_add(1, Ordering::SeqCst);
+        }
+        self.put(uuid, old, row)
     }
 
     fn put(&self, uuid: Uuid, old: Option<&Row>, row: Row) -> Arc<Row> {
@@ -433,6 +499,41 @@ mod tests {
         assert!(cache.by_name("p1").is_none());
         assert_eq!(cache.by_name("p3").expect("p3").uuid, U3);
         assert_eq!(cache.all().len(), 2);
+    }
+
+    #[test]
+    fn tagged_rows_are_counted_by_the_key_in_force() {
+        let cache = LspCache::new();
+        let key = "migration-destination";
+        cache.track(key);
+        assert!(!cache.none_tagged(key), "not synchronised yet");
+        let ext = |v: &str| json!(["map", [[key, v]]]);
+        cache
+            .reset(
+                &json!({"Logical_Switch_Port":{U1:{"initial":{"name":"p1","external_ids": ext("hv2")}},
+                U2:{"initial":{"name":"p2","external_ids": ext(" ")}}}})
+                .to_string(),
+            )
+            .expect("reset");
+        assert_eq!(cache.tagged_count(), Some(1), "a blank tag is no tag");
+        assert!(!cache.none_tagged(key));
+        // The tag removed (an update2 diff with the same value), then another port tagged.
+        let modify =
+            |u: &str, v: &str| json!({"Logical_Switch_Port":{u:{"modify":{"external_ids": ext(v)}}}});
+        cache.apply(&modify(U1, "hv2").to_string()).expect("untag");
+        assert!(cache.none_tagged(key));
+        assert!(!cache.none_tagged("other-key"), "counted by another key: not known");
+        cache.apply(&modify(U2, "hv3").to_string()).expect("tag");
+        assert_eq!(cache.tagged_count(), Some(1));
+        // Another key: counted again; the row deleted: gone from the count.
+        cache.track("other-key");
+        assert!(cache.none_tagged("other-key"));
+        cache.track(key);
+        assert_eq!(cache.tagged_count(), Some(1));
+        cache.apply(&json!({"Logical_Switch_Port":{U2:{"delete":null}}}).to_string()).expect("delete");
+        assert!(cache.none_tagged(key));
+        cache.set_unsynced();
+        assert!(!cache.none_tagged(key), "a cache out of sync knows nothing");
     }
 
     #[test]

@@ -504,6 +504,7 @@ impl Handler for NbHandler {
     }
 
     fn initial(&mut self, result: &RawValue) -> Result<Vec<Req>, MonitorError> {
+        self.shared.cache.track(&self.shared.policy().destination_key);
         let touched = self.shared.cache.reset(result.get())?;
         self.rec.revalidate(&self.shared.cache);
         self.shared.mark_synced();
@@ -526,6 +527,7 @@ impl Handler for NbHandler {
     }
 
     fn update(&mut self, updates: &RawValue) -> Result<Vec<Req>, MonitorError> {
+        self.shared.cache.track(&self.shared.policy().destination_key);
         let touched = self.shared.cache.apply(updates.get())?;
         self.touched(touched, false);
         Ok(self.batches())
@@ -561,7 +563,11 @@ impl Handler for NbHandler {
 
     fn poke(&mut self, poke: Poke) -> Vec<Req> {
         match poke {
-            Poke::Everything => self.first_pass(),
+            Poke::Everything => {
+                // The tag names may have changed: the sessions' fast path waits for the count.
+                self.shared.cache.track(&self.shared.policy().destination_key);
+                self.first_pass()
+            }
             Poke::Port(port) => {
                 if !self.reconciling() {
                     return Vec::new();

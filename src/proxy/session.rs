@@ -23,8 +23,8 @@ use crate::policy::SkipReason;
 use crate::record::Recorder;
 use crate::rewrite::{
     audit, audit_refused, audit_stale, audit_unconfirmed, audit_yield, cancelled_id, fix_reply,
-    inspect_request, inspect_request_within, may_touch_ports, skip_message, Audit, Inspected, Outcome,
-    Pending, PendingMap,
+    inspect_request, inspect_request_within, may_touch_ports, must_plan, skip_message, Audit, Inspected,
+    Outcome, Pending, PendingMap,
 };
 use crate::wire::{Chunk, FrameCodec, FrameError};
 
@@ -297,6 +297,11 @@ impl Tap for ClientTap<'_> {
             return Forward::Now(self.record(raw, None));
         }
         if !may_touch_ports(&raw) {
+            return Forward::Now(self.record(raw, None));
+        }
+        let policy = self.shared.policy();
+        if !must_plan(&raw, &policy, self.shared.view().quiet(&policy)) {
+            m.unparsed.inc();
             return Forward::Now(self.record(raw, None));
         }
         let hold = !self.shared.dry_run && !self.shared.cache.is_synced();

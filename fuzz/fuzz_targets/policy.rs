@@ -29,15 +29,19 @@ const UUIDS: [&str; 5] = [
     "55555555-5555-5555-5555-555555555555",
 ];
 
-/// vm1 untagged on hv1; vm2 migrating hv1 → hv2 with the proxy's options; vm3 succeeded on hv2;
-/// vm4 tagged without any source; vm5 failed back to hv3, source tagged.
-fn view() -> StaticView {
-    let row = |i: usize, opts: &[(&str, &str)], ext: &[(&str, &str)]| LspState {
+/// Port `vm{i+1}` (uuid `UUIDS[i]`) with these options and external_ids.
+fn row(i: usize, opts: &[(&str, &str)], ext: &[(&str, &str)]) -> LspState {
+    LspState {
         uuid: UUIDS[i].into(),
         name: format!("vm{}", i + 1),
         options: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         external_ids: ext.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    };
+    }
+}
+
+/// vm1 untagged on hv1; vm2 migrating hv1 → hv2 with the proxy's options; vm3 succeeded on hv2;
+/// vm4 tagged without any source; vm5 failed back to hv3, source tagged.
+fn view() -> StaticView {
     StaticView::new(vec![
         row(0, &[("requested-chassis", "hv1"), ("x", "1")], &[("owner", "cms")]),
         row(
@@ -62,12 +66,6 @@ fn view() -> StaticView {
 /// The same ports with no migration anywhere (tags removed, options as the proxy left them):
 /// what the fast path sees when nothing migrates.
 fn quiet_view() -> StaticView {
-    let row = |i: usize, opts: &[(&str, &str)], ext: &[(&str, &str)]| LspState {
-        uuid: UUIDS[i].into(),
-        name: format!("vm{}", i + 1),
-        options: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-        external_ids: ext.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    };
     StaticView::new(vec![
         row(0, &[("requested-chassis", "hv1"), ("x", "1")], &[("owner", "cms")]),
         row(1, &[("requested-chassis", "hv1,hv2"), ("activation-strategy", "rarp")], &[]),

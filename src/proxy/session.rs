@@ -308,7 +308,7 @@ impl Tap for ClientTap<'_> {
         let mut off_loop = raw.len() > PLAN_OFF_LOOP;
         if !hold && !off_loop {
             let shared = self.shared;
-            match inspect_request_within(&raw, &shared.view(), &shared.policy(), SCAN_ON_LOOP) {
+            match inspect_request_within(&raw, &shared.view(), &policy, SCAN_ON_LOOP) {
                 Some(ins) => return Forward::Now(self.apply(raw, ins)),
                 // A `where` that names no row, on a big table: walked off the event loop.
                 None => off_loop = true,

@@ -201,6 +201,22 @@ fn read_tags(row: &LspState, cfg: &PolicyConfig) -> Option<Tagged> {
     Some(Tagged { destination, source_tag, first_requested, phase })
 }
 
+/// Whether a row in progress to a new destination is the same migration moved (it keeps its
+/// `source`) rather than a new one started from the row's `requested-chassis`. Two looks at a
+/// port need not be two successive writes: ovsdb-server merges the updates it could not send
+/// yet, and a resynchronisation shows only the last state. A move leaves `requested-chassis`
+/// naming the source first (the proxy's `src,old` or `src,new`); an abort, a writer's own
+/// `requested-chassis` and a new migration merged into one look do not. A source learnt from
+/// a tag holds while the row has a source tag (the tag decides then); one learnt from the
+/// Southbound may be spelled otherwise than in `requested-chassis`: it holds.
+fn still_moving(t: &Tagged, source: &str, origin: SourceOrigin) -> bool {
+    match origin {
+        SourceOrigin::Tag => t.source_tag.is_some(),
+        SourceOrigin::RequestedChassis => t.first_requested.as_deref().is_none_or(|f| f == source),
+        SourceOrigin::Southbound => true,
+    }
+}
+
 /// The migrations the proxy has watched, by port name: every migration in progress, and the
 /// last `MAX_KEPT` finished ones (for `show`), each until its port is deleted or a new
 /// migration of it starts. A port first seen with finished tags (a leftover of a migration
@@ -345,12 +361,14 @@ impl Timelines {
         if restart != Some(false) {
             // First sight of this migration (or a new migration of the same port). One first
             // seen already finished is a leftover the proxy did not watch: nothing to record.
-            // A migration in progress moved to another destination keeps its source.
+            // A migration in progress moved to another destination keeps its source, unless
+            // the row says the source is gone (see `still_moving`).
             let (binding, moved_from) = match (restart, self.map.get(&row.name)) {
                 (Some(true), Some(m)) => {
                     let moved = (m.phase == Phase::InProgress && t.phase == Phase::InProgress)
                         .then(|| m.source.clone().zip(m.source_origin))
-                        .flatten();
+                        .flatten()
+                        .filter(|(source, origin)| still_moving(&t, source, *origin));
                     (m.binding.clone(), moved)
                 }
                 _ => (None, None),
@@ -838,9 +856,27 @@ mod tests {
         assert_eq!(t.source_of("vm1", "hv2", true).as_deref(), Some("hv1"), "finishing: the same migration");
         assert_eq!(t.source_of("vm1", "hv3", true), None, "finishing to another destination");
         assert_eq!(t.source_of("vm1", "hv3", false).as_deref(), Some("hv1"), "moved: the same source");
-        // Moved to hv3 while requested-chassis says something else: the source stays.
-        t.observe_nb(&port("vm1", &[("migration-destination", "hv3")], "hv0"), &cfg, at(1));
+        // Moved to hv3, requested-chassis still the proxy's pair: the same source.
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv3")], "hv1,hv2"), &cfg, at(1));
         assert_eq!(t.source_of("vm1", "hv3", false).as_deref(), Some("hv1"));
+        // To hv4 with requested-chassis naming another chassis first: the migration was
+        // aborted, moved by a writer and started again between two looks (updates merged).
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv4")], "hv0"), &cfg, at(1));
+        assert_eq!(t.source_of("vm1", "hv4", false).as_deref(), Some("hv0"), "a new migration");
+        // A source from a tag holds while a source tag is there; gone, the row decides.
+        t.observe_nb(
+            &port("vm1", &[("migration-destination", "hv5"), ("migration-source", "hv7")], "hv0,hv4"),
+            &cfg,
+            at(1),
+        );
+        t.observe_nb(
+            &port("vm1", &[("migration-destination", "hv6"), ("migration-source", "hv7")], "hv3"),
+            &cfg,
+            at(1),
+        );
+        assert_eq!(t.source_of("vm1", "hv6", false).as_deref(), Some("hv7"));
+        t.observe_nb(&port("vm1", &[("migration-destination", "hv5")], "hv3"), &cfg, at(1));
+        assert_eq!(t.source_of("vm1", "hv5", false).as_deref(), Some("hv3"), "the tag gone: a new migration");
         t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], "hv1,hv2"), &cfg, at(1));
         // A later write that loses requested-chassis does not change what was remembered.
         t.observe_nb(&port("vm1", &[("migration-destination", "hv2")], ""), &cfg, at(1));

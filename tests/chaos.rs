@@ -15,6 +15,7 @@
 //! | `CHAOS_SEED` | 1 | the schedule's seed |
 //! | `CHAOS_LATENCY_MS` | 250 | bound on the longest `/healthz`, and on an echo through the proxy beyond the longest direct one |
 //! | `CHAOS_DEBUG` | unset | set: print the proxy's log up to the moment it became the active reconciler |
+//! | `CHAOS_LOG` | unset | a file: on failure, the whole proxy log (every instance) is written there |
 //!
 //! The two tests take turns (each loads both cores).
 //!
@@ -628,6 +629,9 @@ fn run(mut db: Db, cluster: bool) {
         wrong.len(),
         total_ports,
     );
+    if let (false, Ok(path)) = (wrong.is_empty(), std::env::var("CHAOS_LOG")) {
+        let _ = std::fs::write(&path, &log);
+    }
     assert!(
         wrong.is_empty(),
         "{} ports differ from what the contract and the acknowledged writes say:\n{}",

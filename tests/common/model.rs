@@ -164,7 +164,7 @@ impl PortModel {
                 }
             }
         }
-        if self.history.len() == 8 {
+        if self.history.len() == 16 {
             self.history.pop_front();
         }
         self.history.push_back(format!("{what} => options {:?}", self.options));
@@ -566,9 +566,16 @@ pub fn explain(mismatches: &[String], writers: &[Writer], log: &str) -> String {
                 detail.push_str(&format!("    {h}\n"));
             }
         }
-        detail.push_str("  proxy's last lines about it:\n");
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("port={port} "))).collect();
-        for l in &lines[lines.len().saturating_sub(10)..] {
+        detail.push_str("  proxy's last lines about it (and its starts):\n");
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("port={port} "))
+                    || l.contains("active reconciler")
+                    || l.contains("upstream reachable")
+            })
+            .collect();
+        for l in &lines[lines.len().saturating_sub(30)..] {
             detail.push_str(&format!("    {l}\n"));
         }
     }

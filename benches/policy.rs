@@ -234,5 +234,56 @@ fn timelines(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, monitor, data_path, fast_path, timelines);
+/// Bulk transactions on a view of 5000 ports: tagging all of them (5000 `mutate`s by uuid,
+/// each fix appended), and inserting 5000 new untagged ones (no op tags: read no further than
+/// each op's head). `inspect_request` is what a session does: read, plan, splice.
+fn bulk(c: &mut Criterion) {
+    const N: usize = 5000;
+    let rows = (0..N)
+        .map(|i| LspState {
+            uuid: uuid(i),
+            name: format!("b{i}"),
+            options: map(&[("requested-chassis", "hv1")]),
+            external_ids: map(&[("bulk", "target")]),
+        })
+        .collect();
+    let view = StaticView::new(rows);
+    let cfg = PolicyConfig::default();
+    let envelope = |ops: Vec<Value>| {
+        let mut params = vec![json!("OVN_Northbound")];
+        params.extend(ops);
+        Bytes::from(
+            serde_json::to_vec(&json!({"id": 1, "method": "transact", "params": params})).expect("json"),
+        )
+    };
+    let tag = envelope(
+        (0..N)
+            .map(|i| json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [["_uuid", "==", ["uuid", uuid(i)]]],
+                            "mutations": [["external_ids", "insert", ["map", [["migration-destination", "hv2"]]]]]}))
+            .collect(),
+    );
+    let insert = envelope(
+        (0..N)
+            .map(|i| {
+                json!({"op": "insert", "table": "Logical_Switch_Port", "uuid-name": format!("n{i}"),
+                            "row": {"name": format!("new{i}"), "addresses": "0a:00:00:00:00:01 10.0.0.1",
+                                    "options": ["map", [["requested-chassis", "node1"]]]}})
+            })
+            .collect(),
+    );
+    let mut group = c.benchmark_group("bulk");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(N as u64));
+    let planned = inspect_request(&tag, &view, &cfg).expect("a transact");
+    assert_eq!(planned.plan.changes.len(), N, "every port tagged is fixed");
+    group.bench_function("inspect_request_5000_mutates_tagging", |b| {
+        b.iter(|| inspect_request(black_box(&tag), &view, &cfg).and_then(|i| i.rewritten()))
+    });
+    group.bench_function("inspect_request_5000_untagged_inserts", |b| {
+        b.iter(|| inspect_request(black_box(&insert), &view, &cfg))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, monitor, data_path, fast_path, timelines, bulk);
 criterion_main!(benches);

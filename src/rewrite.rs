@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::cache::LspCache;
 use crate::policy::{
-    map_result, plan_transact_within, Change, LspState, LspView, Memory, Opts, Plan, PolicyConfig, SkipReason,
+    map_result, plan_transact_raw, Change, LspState, LspView, Memory, Opts, Plan, PolicyConfig, Rewrite,
+    SkipReason,
 };
 use crate::timeline::Timelines;
 use crate::wire::{id_key, Envelope, Kind};
@@ -218,10 +219,18 @@ fn span(raw: &[u8], value: &serde_json::value::RawValue) -> Option<std::ops::Ran
     (end <= raw.len()).then_some(start..end)
 }
 
-/// `raw` with the bytes in `at` replaced by `value`: every other byte of the message — the
-/// other members, their order, the id exactly as written, whitespace — stays as it came.
-fn splice(raw: &[u8], at: std::ops::Range<usize>, value: &Value) -> Option<Bytes> {
-    let text = serde_json::to_vec(value).ok()?;
+/// `raw` with the params at `at` rewritten by `rewrite`: every other byte of the message — the
+/// other members, their order, the id exactly as written, whitespace — stays as it came, and so
+/// does each op the rewrite does not replace.
+fn splice_params(raw: &[u8], at: std::ops::Range<usize>, rewrite: &Rewrite) -> Option<Bytes> {
+    let params = std::str::from_utf8(raw.get(at.clone())?).ok()?;
+    let all: Vec<&serde_json::value::RawValue> = serde_json::from_str(params).ok()?;
+    let (db, ops) = all.split_first()?;
+    splice(raw, at, rewrite.splice(db.get(), ops)?)
+}
+
+/// `raw` with the bytes in `at` replaced by `text`.
+fn splice(raw: &[u8], at: std::ops::Range<usize>, text: Vec<u8>) -> Option<Bytes> {
     let mut out = Vec::with_capacity(raw.len() - at.len() + text.len());
     out.extend_from_slice(&raw[..at.start]);
     out.extend_from_slice(&text);
@@ -242,7 +251,7 @@ impl Inspected {
     /// The request to send upstream when the plan rewrites it (only `params` differs from
     /// what the client sent); `None` when the original bytes go as they are.
     pub fn rewritten(&self) -> Option<Bytes> {
-        splice(&self.raw, self.params.clone(), self.plan.rewritten.as_ref()?)
+        splice_params(&self.raw, self.params.clone(), self.plan.rewritten.as_ref()?)
     }
 
     /// What to remember until the reply, when the plan rewrites the request.
@@ -277,10 +286,15 @@ pub fn inspect_request_within(
         }
         let id = env.id_key()?;
         let raw_params = env.params?;
-        // Deeper than serde_json's default limit: no OVSDB op nests so deep, the server refuses it.
-        let params: Value = serde_json::from_str(raw_params.get()).ok()?;
+        // Each op's text, parsed only if it can matter. An op deeper than serde_json's default
+        // limit is not read (no OVSDB op nests so deep, the server refuses it).
+        let params: Vec<&serde_json::value::RawValue> = serde_json::from_str(raw_params.get()).ok()?;
         let at = span(raw, raw_params)?;
-        let Some(plan) = plan_transact_within(&params, view, cfg, max_scan) else { return Some(Err(())) };
+        let plan = match params.split_first() {
+            Some((db, ops)) => plan_transact_raw(db, ops, view, cfg, max_scan),
+            None => Some(Plan::forward(0)),
+        };
+        let Some(plan) = plan else { return Some(Err(())) };
         Some(Ok(Inspected { id, plan, raw: raw.clone(), params: at }))
     };
     match inspected() {
@@ -353,7 +367,7 @@ pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Answered> {
     };
     let bytes = p.trim.and_then(|(client_ops, upstream_ops)| {
         let fixed = map_result(&result, client_ops, upstream_ops);
-        splice(raw, span(raw, raw_result)?, &fixed)
+        splice(raw, span(raw, raw_result)?, serde_json::to_vec(&fixed).ok()?)
     });
     Some(Answered { bytes, pending: p, outcome })
 }

@@ -74,7 +74,8 @@ fn check(path: &Path) -> Vec<String> {
     };
 
     let want_params = field(expect, "params", &file);
-    check_eq("params", plan.rewritten.clone().unwrap_or(Value::Null), want_params);
+    let rewritten = plan.params_after(transact);
+    check_eq("params", rewritten.clone().unwrap_or(Value::Null), want_params);
     let client_ops = transact.as_array().map_or(0, |a| a.len().saturating_sub(1));
     check_eq("client_ops", client_ops.into(), &plan.client_ops.into());
     check_eq("upstream_ops", plan.upstream_ops.into(), field(expect, "upstream_ops", &file));
@@ -84,15 +85,19 @@ fn check(path: &Path) -> Vec<String> {
     check_eq("skips", skips, field(expect, "skips", &file));
     let want_unhandled = expect.get("unhandled").cloned().unwrap_or(Value::Bool(false));
     check_eq("unhandled", plan.unhandled.is_some().into(), &want_unhandled);
-    if let Some(params) = &plan.rewritten {
+    if let Some(params) = &rewritten {
         let n_ops = params.as_array().map_or(0, |a| a.len().saturating_sub(1));
         check_eq("upstream_ops matches the rewritten params", plan.upstream_ops.into(), &n_ops.into());
     }
 
     // Fixed point: the rewritten transaction needs no further rewrite.
-    if let Some(params) = &plan.rewritten {
+    if let Some(params) = &rewritten {
         let again = plan_transact(params, &view, &cfg);
-        check_eq("fixed point: rewritten again", again.rewritten.unwrap_or(Value::Null), &Value::Null);
+        check_eq(
+            "fixed point: rewritten again",
+            again.params_after(params).unwrap_or(Value::Null),
+            &Value::Null,
+        );
         check_eq(
             "fixed point: changes",
             serde_json::to_value(&again.changes).expect("ser"),
@@ -130,7 +135,7 @@ fn regenerate_expected_params() {
             .unwrap_or_default();
         let cache: Vec<LspState> = serde_json::from_value(case["cache"].clone()).expect("cache");
         let plan = plan_transact(&case["transact"], &StaticView::new(cache), &cfg);
-        let params = plan.rewritten.clone().unwrap_or(Value::Null);
+        let params = plan.params_after(&case["transact"]).unwrap_or(Value::Null);
         if case["expect"]["params"] == params && case["expect"]["upstream_ops"] == plan.upstream_ops {
             continue;
         }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use config::{load_toml, ConfigError, FileConfig, PolicyConfig};
 pub use decide::{desired, desired_with, plan_reconcile, Desired, Fix, Forgetful, Memory, Pre};
 pub use reply::map_result;
-pub use txn::{plan_transact, plan_transact_within};
+pub use txn::{plan_transact, plan_transact_raw, plan_transact_within};
 
 /// The database whose transactions the policy looks at.
 pub const NB_DB: &str = "OVN_Northbound";
@@ -230,8 +230,8 @@ pub struct Unhandled {
 /// What to do with one `transact` request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// The new params array; `None` means forward the original bytes.
-    pub rewritten: Option<serde_json::Value>,
+    /// How the params differ from the client's; `None` means forward the original bytes.
+    pub rewritten: Option<Rewrite>,
     /// Ops the client sent (params minus the database name).
     pub client_ops: usize,
     /// Ops sent upstream: `client_ops` plus the ops the proxy appended.
@@ -246,7 +246,58 @@ pub struct Plan {
     pub unhandled: Option<Unhandled>,
 }
 
+/// How a rewritten transaction differs from the client's: some of its ops replaced, ops
+/// appended after them. Every other op goes upstream as the client wrote it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rewrite {
+    /// (index among the client's ops, the op to send instead), by index.
+    pub edited: Vec<(usize, serde_json::Value)>,
+    /// The JSON text of each appended op.
+    pub appended: Vec<String>,
+}
+
+impl Rewrite {
+    /// The rewritten params, from the client's `[db, op, ...]`.
+    pub fn apply(&self, params: &serde_json::Value) -> serde_json::Value {
+        let mut all = params.as_array().cloned().unwrap_or_default();
+        for (k, op) in &self.edited {
+            if let Some(slot) = all.get_mut(k + 1) {
+                *slot = op.clone();
+            }
+        }
+        all.extend(self.appended.iter().map(|t| serde_json::from_str(t).unwrap_or_default()));
+        serde_json::Value::Array(all)
+    }
+
+    /// The rewritten params as bytes, from the client's: `db` and each op as they came
+    /// (whitespace inside them kept), edited ops and appended ones serialised.
+    pub fn splice(&self, db: &str, ops: &[&serde_json::value::RawValue]) -> Option<Vec<u8>> {
+        let mut edited = self.edited.iter().peekable();
+        let mut out = Vec::with_capacity(ops.iter().map(|o| o.get().len() + 1).sum::<usize>() + db.len() + 2);
+        out.push(b'[');
+        out.extend_from_slice(db.as_bytes());
+        for (k, op) in ops.iter().enumerate() {
+            out.push(b',');
+            match edited.next_if(|(e, _)| *e == k) {
+                Some((_, v)) => serde_json::to_writer(&mut out, v).ok()?,
+                None => out.extend_from_slice(op.get().as_bytes()),
+            }
+        }
+        for op in &self.appended {
+            out.push(b',');
+            out.extend_from_slice(op.as_bytes());
+        }
+        out.push(b']');
+        Some(out)
+    }
+}
+
 impl Plan {
+    /// The params to send upstream, from the client's (`None`: the client's, unchanged).
+    pub fn params_after(&self, params: &serde_json::Value) -> Option<serde_json::Value> {
+        self.rewritten.as_ref().map(|r| r.apply(params))
+    }
+
     /// Forward untouched.
     pub fn forward(client_ops: usize) -> Plan {
         Plan {

@@ -1,18 +1,21 @@
 //! Transaction planning: simulate the client's ops over working copies of the affected rows,
 //! decide per row, then rewrite (in place when safe, else by appending a `mutate`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::decide::{desired_with, mutate_op, option_mutations, port_label, where_uuid, Pre};
+use super::decide::{desired_with, option_mutations, port_label, where_uuid, Pre};
 use super::value::{
     is_map, map_json, map_pairs, parse_str_map, parse_str_scalar, parse_str_set, parse_uuid, Malformed,
     StrMap, UuidRef,
 };
 use super::{
-    Change, LspState, LspView, Opts, Plan, PolicyConfig, Skip, SkipReason, Unhandled, ACTIVATION_STRATEGY,
-    LSP_TABLE, NB_DB, REQUESTED_CHASSIS,
+    Change, LspState, LspView, Opts, Plan, PolicyConfig, Rewrite, Skip, SkipReason, Unhandled,
+    ACTIVATION_STRATEGY, LSP_TABLE, NB_DB, REQUESTED_CHASSIS,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +340,8 @@ struct Sim<'a> {
     cfg: &'a PolicyConfig,
     rows: Vec<Work>,
     by_uuid: HashMap<String, usize>,
+    /// Every name a working row has had → those rows (checked against the row's name now).
+    by_name: HashMap<String, Vec<usize>>,
     /// uuid-name → working row (`None`: a row of another table).
     named: HashMap<String, Option<usize>>,
     /// An op with an unresolved `where` wrote maps: later ops' match counts are not certain.
@@ -354,6 +359,7 @@ impl<'a> Sim<'a> {
             cfg,
             rows: Vec::new(),
             by_uuid: HashMap::new(),
+            by_name: HashMap::new(),
             named: HashMap::new(),
             uncertain: false,
             max_scan: usize::MAX,
@@ -370,6 +376,7 @@ impl<'a> Sim<'a> {
         if !cur.uuid.is_empty() {
             self.by_uuid.insert(cur.uuid.clone(), i);
         }
+        self.by_name.entry(cur.name.clone()).or_default().push(i);
         let ever_tagged = self.tagged(&cur);
         self.rows.push(Work {
             pre,
@@ -382,6 +389,14 @@ impl<'a> Sim<'a> {
             ext_from_client: false,
         });
         i
+    }
+
+    /// The working rows named `name` now, each once, in order.
+    fn named_rows<'s>(&'s self, name: &'s str) -> impl Iterator<Item = usize> + 's {
+        let mut seen = self.by_name.get(name).map(Vec::as_slice).unwrap_or_default().to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.into_iter().filter(move |&i| self.rows[i].cur.name == name)
     }
 
     fn register_name(&mut self, name: Option<String>, row: Option<usize>) -> Result<(), Malformed> {
@@ -425,7 +440,7 @@ impl<'a> Sim<'a> {
                 UuidRef::Named(n) => cands.extend(self.named.get(n).copied().flatten().map(Cand::Row)),
             }
         } else if let Some(name) = name_eq {
-            cands.extend((0..self.rows.len()).filter(|&i| &self.rows[i].cur.name == name).map(Cand::Row));
+            cands.extend(self.named_rows(name).map(Cand::Row));
             if let Some(s) = self.view.by_name(name) {
                 if !self.by_uuid.contains_key(&s.uuid) {
                     cands.push(Cand::View(s));
@@ -472,7 +487,11 @@ impl<'a> Sim<'a> {
     ) {
         let single = rows.len() == 1 && certain && !self.uncertain;
         for &i in rows {
+            let name = self.rows[i].cur.name.clone();
             f(&mut self.rows[i].cur);
+            if self.rows[i].cur.name != name {
+                self.by_name.entry(self.rows[i].cur.name.clone()).or_default().push(i);
+            }
             let tagged = self.tagged(&self.rows[i].cur);
             let w = &mut self.rows[i];
             w.ever_tagged |= tagged;
@@ -532,6 +551,62 @@ impl<'a> Sim<'a> {
     }
 }
 
+/// JSON text written directly: a bulk transaction appends thousands of fixes, and building a
+/// `Value` for each cost more than planning them.
+struct Text(Vec<u8>);
+
+impl Text {
+    fn raw(&mut self, s: &str) -> &mut Self {
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    /// A JSON string, escaped.
+    fn str(&mut self, s: &str) -> &mut Self {
+        let _ = serde_json::to_writer(&mut self.0, s);
+        self
+    }
+
+    /// `["map", [[k, v], ...]]`.
+    fn map<'a>(&mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> &mut Self {
+        self.raw(r#"["map",["#);
+        for (i, (k, v)) in pairs.into_iter().enumerate() {
+            if i > 0 {
+                self.raw(",");
+            }
+            self.raw("[").str(k).raw(",").str(v).raw("]");
+        }
+        self.raw("]]")
+    }
+
+    fn value(&mut self, v: &Value) {
+        let _ = serde_json::to_writer(&mut self.0, v);
+    }
+}
+
+fn pairs(m: &StrMap) -> impl Iterator<Item = (&str, &str)> {
+    m.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// The text of an appended `mutate` that makes one row's two keys `opts`; `where_` writes its
+/// `where`. The same op as [`mutate_op`] builds.
+fn fix_text(where_: impl FnOnce(&mut Text), opts: &Opts) -> String {
+    let mut t = Text(Vec::with_capacity(384));
+    t.raw(r#"{"op":"mutate","table":"#).str(LSP_TABLE).raw(r#","where":"#);
+    where_(&mut t);
+    t.raw(r#","mutations":[["options","delete",["set",["#)
+        .str(REQUESTED_CHASSIS)
+        .raw(",")
+        .str(ACTIVATION_STRATEGY)
+        .raw("]]]");
+    let set = opts.pairs();
+    if !set.is_empty() {
+        t.raw(r#",["options","insert","#).map(set).raw("]");
+    }
+    t.raw("]}");
+    String::from_utf8(t.0).unwrap_or_default()
+}
+
 /// Replaces the two keys in an insert's or update's `row.options`, keeping the writer's pairs.
 fn edit_row_options(op: &mut Value, opts: &Opts) {
     let Some(row) = op.get_mut("row").and_then(Value::as_object_mut) else { return };
@@ -568,28 +643,125 @@ pub fn plan_transact_within(
     cfg: &PolicyConfig,
     max_scan: usize,
 ) -> Option<Plan> {
+    let Some((db, ops)) = params.as_array().and_then(|a| a.split_first()) else {
+        return Some(Plan::forward(0));
+    };
+    if db.as_str() != Some(NB_DB) || ops.is_empty() {
+        return Some(Plan::forward(ops.len()));
+    }
+    plan_ops(&Ops::Values(ops), view, cfg, max_scan)
+}
+
+/// `plan_transact_within` on the params as the client wrote them (`[db, op, op, ...]`, each
+/// op's text): only the ops that can matter are parsed. An op on another table, a read, and,
+/// when no op spells the destination tag key (nor holds a JSON escape that could), an insert
+/// of a port (a new port no op tags cannot need the policy) are read no further than their
+/// `op`, `table` and `uuid-name`. `None`: planned off the event loop, as `plan_transact_within`.
+pub fn plan_transact_raw(
+    db: &RawValue,
+    ops: &[&RawValue],
+    view: &dyn LspView,
+    cfg: &PolicyConfig,
+    max_scan: usize,
+) -> Option<Plan> {
+    if serde_json::from_str::<Cow<str>>(db.get()).ok().as_deref() != Some(NB_DB) || ops.is_empty() {
+        return Some(Plan::forward(ops.len()));
+    }
+    let key = memchr::memmem::Finder::new(cfg.destination_key.as_bytes());
+    let spelled = |op: &&RawValue| {
+        memchr::memchr(b'\\', op.get().as_bytes()).is_some() || key.find(op.get().as_bytes()).is_some()
+    };
+    let tag_free = !ops.iter().any(spelled);
+    plan_ops(&Ops::Raw { ops, tag_free }, view, cfg, max_scan)
+}
+
+/// The client's ops, as the planner reads them: values already parsed, or each op's text.
+enum Ops<'a> {
+    Values(&'a [Value]),
+    Raw { ops: &'a [&'a RawValue], tag_free: bool },
+}
+
+/// What an op says before its row, where and mutations: enough to pass over most ops.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    table: Option<Cow<'a, str>>,
+    #[serde(rename = "uuid-name", borrow, default)]
+    uuid_name: Option<Cow<'a, str>>,
+}
+
+impl Head<'_> {
+    /// The step, when the head alone decides it (else the whole op is parsed, which also
+    /// gives the error for anything malformed).
+    fn step(&self, tag_free: bool) -> Option<Step> {
+        let kind = self.op.as_deref()?;
+        match kind {
+            "comment" | "commit" | "abort" | "assert" => return Some(Step::Ignore),
+            "insert" | "update" | "mutate" | "delete" | "select" | "wait" => {}
+            _ => return None,
+        }
+        let other = self.table.as_deref()? != LSP_TABLE;
+        match kind {
+            "insert" if other || tag_free => {
+                Some(Step::OtherInsert { uuid_name: self.uuid_name.as_ref().map(|n| n.to_string()) })
+            }
+            "select" | "wait" => Some(Step::Ignore),
+            _ => other.then_some(Step::Ignore),
+        }
+    }
+}
+
+impl Ops<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Ops::Values(v) => v.len(),
+            Ops::Raw { ops, .. } => ops.len(),
+        }
+    }
+
+    fn step(&self, k: usize) -> Result<Step, Malformed> {
+        match self {
+            Ops::Values(v) => Step::parse(&v[k]),
+            Ops::Raw { ops, tag_free } => {
+                let head = serde_json::from_str::<Head>(ops[k].get()).ok();
+                match head.and_then(|h| h.step(*tag_free)) {
+                    Some(step) => Ok(step),
+                    None => {
+                        Step::parse(&self.value(k).ok_or(Malformed("op is not JSON the policy can read"))?)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Op `k`, to edit.
+    fn value(&self, k: usize) -> Option<Value> {
+        match self {
+            Ops::Values(v) => v.get(k).cloned(),
+            Ops::Raw { ops, .. } => serde_json::from_str(ops.get(k)?.get()).ok(),
+        }
+    }
+}
+
+fn plan_ops(ops: &Ops, view: &dyn LspView, cfg: &PolicyConfig, max_scan: usize) -> Option<Plan> {
     let mut sim = Sim::new(view, cfg);
     sim.max_scan = max_scan;
-    let plan = plan_with(params, view, cfg, &mut sim);
+    let plan = plan_with(ops, view, cfg, &mut sim);
     (!sim.scan_refused).then_some(plan)
 }
 
-fn plan_with(params: &Value, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -> Plan {
-    let Some((db, ops)) = params.as_array().and_then(|a| a.split_first()) else {
-        return Plan::forward(0);
-    };
+fn plan_with(ops: &Ops, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -> Plan {
     let n = ops.len();
-    if db.as_str() != Some(NB_DB) || n == 0 {
-        return Plan::forward(n);
-    }
     let unhandled = |op: Option<usize>, e: Malformed| Plan {
         unhandled: Some(Unhandled { op, what: e.0 }),
         ..Plan::forward(n)
     };
 
     let mut steps = Vec::with_capacity(n);
-    for (k, op) in ops.iter().enumerate() {
-        match Step::parse(op) {
+    for k in 0..n {
+        match ops.step(k) {
             Ok(step) => steps.push(step),
             Err(e) => return unhandled(Some(k), e),
         }
@@ -604,7 +776,7 @@ fn plan_with(params: &Value, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut S
     }
 
     let mut plan = Plan::forward(n);
-    let mut out: Option<Vec<Value>> = None;
+    let mut edited: Vec<(usize, Value)> = Vec::new();
     let mut appended = Vec::new();
     for w in &sim.rows {
         let Some((k, single)) = w.last_write else { continue };
@@ -639,15 +811,22 @@ fn plan_with(params: &Value, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut S
         // and would overwrite what the writer chose (a `requested-chassis` set on a finished
         // migration, say). Otherwise the fix is appended, conditional on the state assumed.
         if single && steps[k].can_edit_options() && w.ext_from_client {
-            let ops = out.get_or_insert_with(|| params.as_array().cloned().unwrap_or_default());
-            if let Some(op) = ops.get_mut(k + 1) {
+            let at = match edited.iter().position(|(e, _)| *e == k) {
+                Some(at) => Some(at),
+                None => ops.value(k).map(|op| {
+                    edited.push((k, op));
+                    edited.len() - 1
+                }),
+            };
+            if let Some(op) = at.map(|at| &mut edited[at].1) {
                 match steps[k] {
                     Step::Mutate { .. } => edit_mutations(op, &want.opts),
                     _ => edit_row_options(op, &want.opts),
                 }
             }
         } else {
-            let where_ = match (&w.pre, &w.named, w.cur.uuid.is_empty()) {
+            let opts = &want.opts;
+            let text = match (&w.pre, &w.named, w.cur.uuid.is_empty()) {
                 // An existing row: what the proxy computed rests on its cache, which may be one
                 // monitor round trip behind. The appended op only applies if the row is, after
                 // the client's ops, as the proxy assumed in what the decision reads (every tag:
@@ -655,34 +834,37 @@ fn plan_with(params: &Value, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut S
                 // when the key is absent, since absence has no OVSDB condition of its own);
                 // otherwise it matches nothing (not an error) and the reconciler decides from
                 // the real state. Other option keys do not matter to the decision.
-                (Some(pre), _, _) => {
-                    let mut w_ = where_uuid(&UuidRef::Uuid(pre.uuid.clone()));
-                    if let Some(conds) = w_.as_array_mut() {
-                        let as_map = |m: &StrMap| map_json(m.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                        conds.push(match w.cur.options.get(REQUESTED_CHASSIS) {
+                (Some(pre), _, _) => fix_text(
+                    |t| {
+                        t.raw(r#"[["_uuid","==",["uuid","#).str(&pre.uuid).raw("]],");
+                        match w.cur.options.get(REQUESTED_CHASSIS) {
                             Some(rc) => {
-                                json!(["options", "includes", map_json([(REQUESTED_CHASSIS, rc.as_str())])])
+                                t.raw(r#"["options","includes","#).map([(REQUESTED_CHASSIS, rc.as_str())])
                             }
-                            None => json!(["options", "==", as_map(&w.cur.options)]),
-                        });
-                        conds.push(json!(["external_ids", "==", as_map(&w.cur.external_ids)]));
-                    }
-                    w_
+                            None => t.raw(r#"["options","==","#).map(pairs(&w.cur.options)),
+                        };
+                        t.raw(r#"],["external_ids","==","#).map(pairs(&w.cur.external_ids)).raw("]]");
+                    },
+                    opts,
+                ),
+                (None, Some(named), _) => {
+                    fix_text(|t| t.value(&where_uuid(&UuidRef::Named(named.clone()))), opts)
                 }
-                (None, Some(named), _) => where_uuid(&UuidRef::Named(named.clone())),
-                (None, None, false) => where_uuid(&UuidRef::Uuid(w.cur.uuid.clone())),
+                (None, None, false) => {
+                    fix_text(|t| t.value(&where_uuid(&UuidRef::Uuid(w.cur.uuid.clone()))), opts)
+                }
                 // A row inserted without a uuid-name: by its name, if that names it alone. Names
                 // are indexed, so a transaction leaving two ports with one name fails anyway;
                 // a `where` matching several rows would change them all.
                 (None, None, true) if !w.cur.name.is_empty() && names_one_row(sim, view, &w.cur.name) => {
-                    json!([["name", "==", w.cur.name]])
+                    fix_text(|t| t.value(&json!([["name", "==", w.cur.name]])), opts)
                 }
                 (None, None, true) => {
                     plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere, chosen: None });
                     continue;
                 }
             };
-            appended.push(mutate_op(where_, &want.opts));
+            appended.push(text);
             plan.appended.push(plan.changes.len());
         }
         plan.changes.push(Change { port, before, after: want.opts, cause: want.cause });
@@ -690,20 +872,17 @@ fn plan_with(params: &Value, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut S
     if plan.changes.is_empty() {
         return plan;
     }
-    let mut ops = out.unwrap_or_else(|| params.as_array().cloned().unwrap_or_default());
     plan.upstream_ops = n + appended.len();
-    ops.extend(appended);
-    plan.rewritten = Some(Value::Array(ops));
+    edited.sort_by_key(|(k, _)| *k);
+    plan.rewritten = Some(Rewrite { edited, appended });
     plan
 }
 
 /// Whether `name` is, after the transaction, the name of exactly one port: one live simulated
 /// row, and no port of the view that the transaction did not touch.
 fn names_one_row(sim: &Sim, view: &dyn LspView, name: &str) -> bool {
-    let live = sim.rows.iter().filter(|r| !r.deleted && r.cur.name == name).count();
-    let untouched = view
-        .by_name(name)
-        .is_some_and(|s| !sim.rows.iter().any(|r| r.pre.as_ref().is_some_and(|p| p.uuid == s.uuid)));
+    let live = sim.named_rows(name).filter(|&i| !sim.rows[i].deleted).count();
+    let untouched = view.by_name(name).is_some_and(|s| !sim.by_uuid.contains_key(&s.uuid));
     live == 1 && !untouched
 }
 
@@ -998,7 +1177,78 @@ mod tests {
             assert_eq!(skips, want.skips, "{name}: skips");
             assert_eq!(plan.unhandled.is_some(), want.unhandled, "{name}: unhandled {:?}", plan.unhandled);
             assert_eq!(plan.rewritten.is_some(), !plan.changes.is_empty(), "{name}: rewritten");
+            // Read from the ops' text, only what can matter parsed: the same plan.
+            let text = serde_json::to_string_pretty(&params).expect("json");
+            let all: Vec<&RawValue> = serde_json::from_str(&text).unwrap_or_default();
+            if let (Some((db, ops)), false) = (all.split_first(), want.unhandled) {
+                let raw = plan_transact_raw(db, ops, &view, &cfg, usize::MAX).expect("planned here");
+                assert_eq!(raw, plan, "{name}: planned from the text");
+                if let Some(r) = &plan.rewritten {
+                    let spliced: Value =
+                        serde_json::from_slice(&r.splice(db.get(), ops).expect("splice")).expect("json");
+                    assert_eq!(Some(spliced), plan.params_after(&params), "{name}: spliced");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn the_appended_text_is_the_op_mutate_op_builds() {
+        let both = |rc: &str, s: Option<&str>| Opts {
+            requested_chassis: Some(rc.into()),
+            activation_strategy: s.map(Into::into),
+        };
+        for opts in [both("hv1,hv2", Some("rarp")), both("a\"b\\c", None), Opts::default()] {
+            let where_ = json!([
+                ["_uuid", "==", ["uuid", U1]],
+                ["external_ids", "==", ["map", [["k", "v\u{e9}\u{1}"]]]]
+            ]);
+            let text = fix_text(|t| t.value(&where_), &opts);
+            let op: Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(op, super::super::decide::mutate_op(where_, &opts), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bulk_insert_no_op_tags_is_read_no_further_than_its_head() {
+        let cfg = PolicyConfig::default();
+        let view = view();
+        let insert = |i: usize| {
+            json!({"op": "insert", "table": "Logical_Switch_Port", "uuid-name": format!("n{i}"),
+            // not a row the policy could read: it must not need to
+            "row": {"name": format!("new{i}"), "options": ["map", [["requested-chassis", 7]]]}})
+        };
+        let mut ops: Vec<Value> = (0..1000).map(insert).collect();
+        ops.push(json!({"op": "insert", "table": "Logical_Switch", "row": {"name": "sw9",
+            "ports": ["set", (0..1000).map(|i| json!(["named-uuid", format!("n{i}")])).collect::<Vec<_>>()]}}));
+        let text = serde_json::to_string(&ops).expect("json");
+        let ops_raw: Vec<&RawValue> = serde_json::from_str(&text).expect("array");
+        let db = RawValue::from_string("\"OVN_Northbound\"".into()).expect("db");
+        let plan = plan_transact_raw(&db, &ops_raw, &view, &cfg, usize::MAX).expect("planned");
+        assert_eq!((plan.unhandled, plan.rewritten.is_some(), plan.changes.len()), (None, false, 0));
+        // The same inserts in a transaction that tags a port: every op is read.
+        let mut tagging = ops.clone();
+        tagging.push(tag(json!([["_uuid", "==", ["named-uuid", "n3"]]])));
+        let text = serde_json::to_string(&tagging).expect("json");
+        let ops_raw: Vec<&RawValue> = serde_json::from_str(&text).expect("array");
+        let plan = plan_transact_raw(&db, &ops_raw, &view, &cfg, usize::MAX).expect("planned");
+        assert_eq!(plan.unhandled.map(|u| u.op), Some(Some(0)), "the unreadable row is found now");
+        // An edited op is spliced in; every other op keeps its bytes, whitespace and all.
+        let spaced = format!(
+            "[ {} , {{\"op\": \"comment\",  \"comment\": \"x\"}} ]",
+            serde_json::to_string(&json!({
+            "op": "insert", "table": "Logical_Switch_Port",
+            "row": {"name": "p7", "external_ids": ["map", [["migration-destination", "hv2"]]],
+                    "options": ["map", [["requested-chassis", "hv1"]]]}}))
+            .expect("json")
+        );
+        let ops_raw: Vec<&RawValue> = serde_json::from_str(&spaced).expect("array");
+        let plan = plan_transact_raw(&db, &ops_raw, &view, &cfg, usize::MAX).expect("planned");
+        let r = plan.rewritten.as_ref().expect("rewritten in place");
+        assert_eq!(r.edited.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![0]);
+        let out = String::from_utf8(r.splice(db.get(), &ops_raw).expect("splice")).expect("utf8");
+        assert!(out.ends_with(",{\"op\": \"comment\",  \"comment\": \"x\"}]"), "{out}");
+        assert!(out.contains("hv1,hv2"), "{out}");
     }
 
     #[test]
@@ -1007,7 +1257,12 @@ mod tests {
             {"op": "insert", "table": "Logical_Switch_Port", "row": {"name": "p9", "options": ["map", [["requested-chassis", "hv1"]]]}},
             tag(json!([["name", "==", "p9"]]))]);
         let plan = plan_transact(&params, &view(), &PolicyConfig::default());
-        let appended = plan.rewritten.as_ref().and_then(|p| p.get(3)).expect("one appended op");
+        let appended: Value = plan
+            .rewritten
+            .as_ref()
+            .and_then(|r| r.appended.first())
+            .and_then(|t| serde_json::from_str(t).ok())
+            .expect("one appended op");
         assert_eq!(appended["where"], json!([["name", "==", "p9"]]));
     }
 }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod docs;
 pub mod lab;
+pub mod memory;
 pub mod metrics;
 pub mod netlab;
 pub mod policy;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub reconciles: Family<Label, Counter>,
     pub monitor_resyncs: Counter,
     pub monitor_stalls: Counter,
+    pub memory_trims: Counter,
     pub reconcile_queue: Gauge,
     pub upstream_reconnects: Counter,
     pub leader_changes: Counter,
@@ -64,6 +65,7 @@ impl Default for Metrics {
             reconciles: Family::default(),
             monitor_resyncs: Counter::default(),
             monitor_stalls: Counter::default(),
+            memory_trims: Counter::default(),
             reconcile_queue: Gauge::default(),
             upstream_reconnects: Counter::default(),
             leader_changes: Counter::default(),
@@ -141,6 +143,11 @@ impl Metrics {
             "monitor_stalls",
             "Monitor connections given up because the database stopped answering the proxy's probe",
             m.monitor_stalls.clone(),
+        );
+        r.register(
+            "memory_trims",
+            "Times the proxy gave the allocator's free memory back to the system, after big messages",
+            m.memory_trims.clone(),
         );
         r.register(
             "reconcile_queue",

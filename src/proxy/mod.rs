@@ -297,6 +297,10 @@ impl Proxy {
         let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
         let next_id = Arc::new(AtomicU64::new(1));
         tracker.spawn(probe_upstream(self.nb.clone(), shutdown.clone()));
+        tracker.spawn(crate::memory::give_back_after_bursts(
+            shutdown.clone(),
+            self.shared.metrics.memory_trims.clone(),
+        ));
         match monitor::spawn(
             self.nb.clone(),
             self.sb.clone(),

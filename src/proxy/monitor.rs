@@ -227,6 +227,7 @@ async fn session<H: Handler>(
                     heard = Instant::now();
                     probing = false;
                     while let Some(chunk) = codec.decode(&mut buf)? {
+                        crate::memory::note(chunk.bytes().len());
                         // Only the envelope is parsed here; each handler reads its updates its own way.
                         let Ok(msg) = Envelope::parse(chunk.bytes()) else { continue };
                         let id = msg.id.filter(|id| id.get() != "null");

@@ -235,22 +235,29 @@ where
             tap.prepare(&mut codec);
             let next = if eof { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
             match next {
-                Ok(Some(chunk)) => match tap.forward(chunk) {
-                    Forward::Now(bytes) => out.push(bytes),
-                    Forward::Later(later) => {
-                        write_chunks(&mut w, &mut out).await.map_err(dir.write)?;
-                        match later.await {
-                            Ok(decided) => out.push(tap.finish(decided)),
-                            Err(e) => break Err(e),
+                Ok(Some(chunk)) => {
+                    crate::memory::note(chunk.bytes().len());
+                    match tap.forward(chunk) {
+                        Forward::Now(bytes) => out.push(bytes),
+                        Forward::Later(later) => {
+                            write_chunks(&mut w, &mut out).await.map_err(dir.write)?;
+                            match later.await {
+                                Ok(decided) => out.push(tap.finish(decided)),
+                                Err(e) => break Err(e),
+                            }
                         }
                     }
-                },
+                }
                 Ok(None) => break Ok(()),
                 Err(e) => break Err((dir.frame)(e)),
             }
         };
         write_chunks(&mut w, &mut out).await.map_err(dir.write)?;
         decoded?;
+        // The buffer grew to hold a big message: give the memory back.
+        if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
+            buf = BytesMut::with_capacity(READ_BUF);
+        }
         if eof {
             w.shutdown().await.map_err(dir.write)?;
             return Ok(());

@@ -1,10 +1,12 @@
-//! Side by side: the same work against three paths in one run, reported as ratios to direct.
+//! Side by side: the same work against four paths in one run, reported as ratios to direct.
 //!
 //! * **direct**: the NB `ovsdb-server`'s own TCP listener;
-//! * **relay**: `socat TCP-LISTEN:…,nodelay,fork,reuseaddr TCP:…,nodelay`, a plain byte relay;
+//! * **socat**: `socat TCP-LISTEN:…,nodelay,fork,reuseaddr TCP:…,nodelay`, a plain byte relay;
+//! * **ovsdb relay**: `ovsdb-server relay:OVN_Northbound:tcp:…`, the protocol-aware peer (it
+//!   holds a copy of the database, answers reads and monitors from it, forwards transactions);
 //! * **proxy**: the release binary (`ovn-nb-proxy --upstream tcp:… --listen ptcp:0`).
 //!
-//! Every path is TCP on 127.0.0.1, so the proxy and the relay each add one loopback hop.
+//! Every path is TCP on 127.0.0.1, so each middle process adds one loopback hop.
 //! On demand, not in CI (minutes of CPU; the numbers mean something only on a quiet machine):
 //!
 //! ```sh
@@ -19,8 +21,11 @@
 //! `SBS_RUNS` (default 3): interleaved runs per measurement, medians reported.
 //! `SBS_PORTS` (default `20000,100000`): database sizes for the dumps; the other measurements use
 //! the first size. `SBS_BIG_MB` (default 500): size of the monitor reply for the RSS measurement;
-//! 0 skips it. `SBS_ONLY` (default all): a comma list of `dump`, `nbctl`, `rtt`, `tput`, `rss`.
+//! 0 skips it. `SBS_ONLY` (default all): a comma list of `dump`, `nbctl`, `rtt`, `tput`, `bulk`,
+//! `rss`. `SBS_BULK` (default 5000): ports tagged by the bulk transactions; `SBS_INSERT`
+//! (default 60000): untagged ports inserted by one transaction.
 //! `SBS_PROXY_THREADS`: the proxy's `--threads` (default: the proxy's default, 1).
+//! `SBS_PROXY_BIN`: another build of the proxy to measure (an earlier commit's, say).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -224,7 +229,8 @@ impl Drop for Daemon {
 }
 
 fn start_proxy(upstream: &str) -> Result<(Daemon, String)> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy"));
+    let bin = std::env::var("SBS_PROXY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ovn-nb-proxy").into());
+    let mut cmd = Command::new(bin);
     cmd.arg(format!("--upstream={upstream}")).arg("--listen=ptcp:0").args(["--log", "info"]);
     if let Ok(n) = std::env::var("SBS_PROXY_THREADS") {
         cmd.arg(format!("--threads={n}"));
@@ -260,37 +266,129 @@ fn wait_idle(pid: u32) -> Result<()> {
     }
 }
 
-/// `ovsdb-client monitor` of the columns the proxy's port cache monitors, once it has received
-/// the initial rows.
-fn passive_monitor(upstream: &str) -> Result<Daemon> {
-    let mut cmd = Command::new(require("ovsdb-client")?);
-    cmd.args(["monitor", upstream, "OVN_Northbound", "Logical_Switch_Port", "name,options,external_ids"])
-        .arg("--format=csv");
-    let mut d = Daemon::spawn(cmd)?;
-    // stdout goes to /dev/null; the monitor is up once its connection shows in the server's
-    // view of the world, which a short wait covers on loopback.
-    std::thread::sleep(Duration::from_millis(500));
-    if let Some(status) = d.child.try_wait()? {
-        return Err(format!("ovsdb-client monitor exited: {status}").into());
-    }
-    Ok(d)
+/// A passive monitor: one connection holding the `monitor_cond` the proxy's port cache holds
+/// (the same columns of `Logical_Switch_Port`), reading and dropping what comes (answering
+/// echo). It costs the server what the proxy's own monitor costs it, and the machine little
+/// (`ovsdb-client monitor` would format every update).
+struct PassiveMonitor {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
-fn start_relay(upstream: &str) -> Result<(Daemon, String)> {
-    // A port the kernel just handed out: free, barring a race with another process.
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+fn passive_monitor(upstream: &str) -> Result<PassiveMonitor> {
+    let mut s = tcp(upstream)?;
+    let req = json!({"id": "passive", "method": "monitor_cond", "params": ["OVN_Northbound", "passive",
+        {"Logical_Switch_Port": [{"columns": ovn_nb_proxy::cache::nb::COLUMNS}]}]});
+    s.write_all(&serde_json::to_vec(&req)?)?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut codec = FrameCodec::new(usize::MAX);
+            let mut buf = BytesMut::with_capacity(256 * 1024);
+            let mut tmp = vec![0u8; 256 * 1024];
+            let mut ready = Some(ready_tx);
+            while !stop.load(Ordering::Relaxed) {
+                match s.read(&mut tmp) {
+                    Ok(0) => return,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(_) => return,
+                }
+                while let Ok(Some(frame)) = codec.decode(&mut buf) {
+                    let bytes = frame.bytes();
+                    if memchr::memmem::find(bytes, b"\"echo\"").is_some() {
+                        if let Ok(msg) = serde_json::from_slice::<Value>(bytes) {
+                            if msg["method"] == "echo" {
+                                let r = json!({"id": msg["id"], "result": msg["params"], "error": null});
+                                let _ = s.write_all(&serde_json::to_vec(&r).unwrap_or_default());
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        })
+    };
+    ready_rx
+        .recv_timeout(Duration::from_secs(120))
+        .map_err(|_| "the passive monitor got no initial reply")?;
+    Ok(PassiveMonitor { stop, handle: Some(handle) })
+}
+
+impl Drop for PassiveMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A TCP port the kernel just handed out: free, barring a race with another process.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not start listening").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// An `ovsdb-server` relay of the database (its files in `dir`), once it serves the port table
+/// with `ports` rows.
+fn start_ovsdb_relay(upstream: &str, dir: &std::path::Path, ports: usize) -> Result<(Daemon, String)> {
+    let port = free_port()?;
+    let mut cmd = Command::new(require("ovsdb-server")?);
+    cmd.arg(format!("--remote=ptcp:{port}:127.0.0.1"))
+        .arg(format!("--unixctl={}", dir.join("relay.ctl").display()))
+        .args(["-vconsole:off", "--no-chdir"])
+        .arg(format!("relay:OVN_Northbound:{upstream}"));
+    let d = Daemon::spawn(cmd)?;
+    wait_listening(port, "the ovsdb-server relay")?;
+    let remote = format!("tcp:127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut rpc = Rpc::new(tcp(&remote)?);
+        let select =
+            json!({"op": "select", "table": "Logical_Switch_Port", "where": [], "columns": ["_uuid"]});
+        let n = rpc.transact(vec![select]).ok().and_then(|r| r[0]["rows"].as_array().map(Vec::len));
+        if n.is_some_and(|n| n >= ports) {
+            return Ok((d, remote));
+        }
+        if Instant::now() > deadline {
+            return Err("the ovsdb-server relay did not catch up within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start_socat(upstream: &str) -> Result<(Daemon, String)> {
+    let port = free_port()?;
     let target = upstream.strip_prefix("tcp:").ok_or("not a tcp: remote")?;
     let mut cmd = Command::new(require("socat")?);
     cmd.arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,nodelay,fork,reuseaddr"))
         .arg(format!("TCP:{target},nodelay"));
     let d = Daemon::spawn(cmd)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("socat did not start listening".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_listening(port, "socat")?;
     Ok((d, format!("tcp:127.0.0.1:{port}")))
 }
 
@@ -339,12 +437,12 @@ fn dump_ms(remote: &str) -> Result<f64> {
         * 1e3)
 }
 
-/// ms per `ovn-nbctl` call, over `n` calls.
+/// ms per `ovn-nbctl` call, over `n` calls (`--no-leader-only`: a relay is no leader).
 fn nbctl_ms(remote: &str, n: usize, args: &dyn Fn(usize) -> Vec<String>) -> Result<f64> {
     let db = format!("--db={remote}");
     let mut total = Duration::ZERO;
     for i in 0..n {
-        let mut full = vec!["--timeout=60".to_string(), db.clone()];
+        let mut full = vec!["--timeout=60".to_string(), "--no-leader-only".to_string(), db.clone()];
         full.extend(args(i));
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         total += run_quiet("ovn-nbctl", &refs)?;
@@ -443,17 +541,20 @@ fn throughput(remote: &str, clients: usize, per_client: usize, t: &Targets) -> R
     Ok((clients * per_client) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// The paths, in the table's column order.
+const PATHS: [&str; 4] = ["direct", "socat", "ovsdb relay", "proxy"];
+
 struct Row {
     what: String,
     unit: &'static str,
-    values: [f64; 3],
+    values: [f64; 4],
     /// The proxy's CPU time (all threads) per run, median, and the operations in one run.
     proxy_cpu_ms: f64,
     ops: usize,
 }
 
 impl Row {
-    fn new(what: String, unit: &'static str, ops: usize, (values, proxy_cpu_ms): ([f64; 3], f64)) -> Row {
+    fn new(what: String, unit: &'static str, ops: usize, (values, proxy_cpu_ms): ([f64; 4], f64)) -> Row {
         Row { what, unit, values, proxy_cpu_ms, ops }
     }
 }
@@ -468,19 +569,49 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// The three paths to one database. The proxy runs only while it is measured: its own port
+/// The four paths to one database. The proxy runs only while it is measured: its own port
 /// monitor costs the server work on every port write, which must not slow the other paths.
 struct Paths {
     upstream: String,
-    relay: String,
+    socat: String,
+    /// The relay, like the proxy, runs only while measured (it monitors the whole database):
+    /// its files go in `relay_dir`, and it is ready once it holds `ports` ports.
+    relay_dir: std::path::PathBuf,
+    ports: usize,
     /// Highest VmHWM of any proxy instance (kB).
     proxy_hwm_kb: u64,
     /// VmRSS of the last proxy instance once settled (kB), and how long it took to settle.
     proxy_idle_rss_kb: u64,
     proxy_settle: Vec<f64>,
+    /// Set: after its timed call, each proxy instance is left alone this long and its VmRSS
+    /// read (`proxy_rss_after_kb`, the last instance's).
+    rss_after: Option<Duration>,
+    proxy_rss_after_kb: u64,
+    /// With `rss_after`: the VmRSS of a fresh proxy started on the database as the timed call
+    /// left it, once settled (what the same state costs without the transaction's history).
+    proxy_fresh_kb: u64,
+    /// Run before each proxy instance starts (so that it starts on the same database state
+    /// whatever the other paths' runs left).
+    before_proxy: Option<Box<dyn Fn() -> Result<()>>>,
 }
 
 impl Paths {
+    fn new(upstream: String, socat: String, relay_dir: &std::path::Path, ports: usize) -> Paths {
+        Paths {
+            upstream,
+            socat,
+            relay_dir: relay_dir.to_path_buf(),
+            ports,
+            proxy_hwm_kb: 0,
+            proxy_idle_rss_kb: 0,
+            proxy_settle: Vec::new(),
+            rss_after: None,
+            proxy_rss_after_kb: 0,
+            proxy_fresh_kb: 0,
+            before_proxy: None,
+        }
+    }
+
     /// Runs `f` for each path, `runs` times interleaved; the medians, and the proxy's CPU time
     /// (all threads) per run, median, in ms.
     ///
@@ -489,17 +620,16 @@ impl Paths {
     /// or exiting) costs the client up to a second more system time on this VM, whatever path
     /// it uses.
     ///
-    /// With `monitored`, direct and relay runs have a passive `ovsdb-client monitor` of the
-    /// port table's `name`, `options`, `external_ids` attached: the same work per port write on
-    /// the server (and on the machine) as the proxy's own port monitor brings.
+    /// With `monitored`, the direct and socat runs have a [`passive_monitor`] attached: the same
+    /// work per port write on the server as the proxy's own port monitor (or the relay's) brings.
     fn measure(
         &mut self,
         runs: usize,
         warm: bool,
         monitored: bool,
         mut f: impl FnMut(&str) -> Result<f64>,
-    ) -> Result<([f64; 3], f64)> {
-        let mut samples: [Vec<f64>; 3] = Default::default();
+    ) -> Result<([f64; 4], f64)> {
+        let mut samples: [Vec<f64>; 4] = Default::default();
         let mut cpu = Vec::new();
         let timed = |f: &mut dyn FnMut(&str) -> Result<f64>, r: &str| -> Result<f64> {
             if warm {
@@ -510,8 +640,14 @@ impl Paths {
         for _ in 0..runs {
             let monitor = if monitored { Some(passive_monitor(&self.upstream)?) } else { None };
             samples[0].push(timed(&mut f, &self.upstream)?);
-            samples[1].push(timed(&mut f, &self.relay)?);
+            samples[1].push(timed(&mut f, &self.socat)?);
             drop(monitor);
+            let (relay, remote) = start_ovsdb_relay(&self.upstream, &self.relay_dir, self.ports)?;
+            samples[2].push(timed(&mut f, &remote)?);
+            drop(relay);
+            if let Some(reset) = &self.before_proxy {
+                reset()?;
+            }
             let t = Instant::now();
             let (proxy, remote) = start_proxy(&self.upstream)?;
             self.proxy_settle.push(t.elapsed().as_secs_f64());
@@ -520,22 +656,29 @@ impl Paths {
                 f(&remote)?;
             }
             let before = cpu_ns(proxy.pid());
-            samples[2].push(f(&remote)?);
+            samples[3].push(f(&remote)?);
             cpu.push((cpu_ns(proxy.pid()) - before) as f64 / 1e6);
             self.proxy_hwm_kb = self.proxy_hwm_kb.max(status_kb(proxy.pid(), "VmHWM:").unwrap_or(0));
+            if let Some(wait) = self.rss_after {
+                std::thread::sleep(wait);
+                self.proxy_rss_after_kb = status_kb(proxy.pid(), "VmRSS:").unwrap_or(0);
+                drop(proxy);
+                let (fresh, _) = start_proxy(&self.upstream)?;
+                self.proxy_fresh_kb = status_kb(fresh.pid(), "VmRSS:").unwrap_or(0);
+            }
         }
-        let [a, b, c] = samples;
-        Ok(([median(a), median(b), median(c)], median(cpu)))
+        Ok((samples.map(median), median(cpu)))
     }
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| measurement | direct | relay (socat nodelay) | proxy | relay / direct | proxy / direct | proxy CPU per op |"
+        "| measurement | {} | {} / direct | proxy CPU per op |",
+        PATHS.join(" | "),
+        PATHS[1..].join(" / direct | ")
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let [d, s, p] = r.values;
         let fmt = |v: f64| {
             if v >= 100.0 {
                 format!("{v:.0} {}", r.unit)
@@ -546,15 +689,9 @@ fn print_table(rows: &[Row]) {
         let cpu_us = r.proxy_cpu_ms * 1e3 / r.ops as f64;
         let cpu =
             if cpu_us >= 1000.0 { format!("{:.1} ms", cpu_us / 1e3) } else { format!("{cpu_us:.1} µs") };
-        println!(
-            "| {} | {} | {} | {} | {:.3}× | {:.3}× | {cpu} |",
-            r.what,
-            fmt(d),
-            fmt(s),
-            fmt(p),
-            s / d,
-            p / d
-        );
+        let values: Vec<String> = r.values.iter().map(|&v| fmt(v)).collect();
+        let ratios: Vec<String> = r.values[1..].iter().map(|v| format!("{:.3}×", v / r.values[0])).collect();
+        println!("| {} | {} | {} | {cpu} |", r.what, values.join(" | "), ratios.join(" | "));
     }
 }
 
@@ -662,6 +799,168 @@ fn rss_under_big_reply(mb: usize) -> Result<String> {
     ))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bulk transactions: what a CMS sends when it tags a batch of ports, or resynchronises.
+
+const BULK_LEFTOVERS: usize = 500;
+
+fn str_map(pairs: &[(&str, &str)]) -> Value {
+    json!(["map", pairs.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()])
+}
+
+/// The bulk database: `n` target ports on switch `bulk` (`requested-chassis=hv1`, tagged by
+/// nothing but `bulk=target`) and [`BULK_LEFTOVERS`] ports with a finished migration's leftover
+/// tags, so the proxy's cache is never free of tags (its fast path does not apply). The
+/// targets' uuids.
+fn populate_bulk(nb: &NbServer, n: usize) -> Result<Vec<String>> {
+    let mut rpc = Rpc::new(UnixStream::connect(nb.socket())?);
+    let mut refs = Vec::new();
+    for chunk in (0..n + BULK_LEFTOVERS).collect::<Vec<_>>().chunks(1000) {
+        let ops: Vec<Value> = chunk
+            .iter()
+            .map(|&i| {
+                let (name, ext, rc) = if i < n {
+                    (format!("b{i}"), str_map(&[("bulk", "target")]), "hv1")
+                } else {
+                    let ext = str_map(&[("migration-destination", "hv2"), ("migration-phase", "succeeded")]);
+                    (format!("left{i}"), ext, "hv2")
+                };
+                json!({"op": "insert", "table": "Logical_Switch_Port", "uuid-name": format!("p{i}"),
+                       "row": {"name": name, "external_ids": ext, "options": str_map(&[("requested-chassis", rc)])}})
+            })
+            .collect();
+        refs.extend(chunk.iter().map(|i| json!(["named-uuid", format!("p{i}")])));
+        let mut ops = ops;
+        ops.push(json!({"op": "insert", "table": "Logical_Switch", "uuid-name": "sw",
+                        "row": {"name": format!("bulk{}", chunk[0])}}));
+        ops.push(json!({"op": "mutate", "table": "Logical_Switch", "where": [["_uuid", "==", ["named-uuid", "sw"]]],
+                        "mutations": [["ports", "insert", ["set", refs.split_off(0)]]]}));
+        rpc.transact(ops)?;
+    }
+    let select = json!({"op": "select", "table": "Logical_Switch_Port",
+        "where": [["external_ids", "includes", str_map(&[("bulk", "target")])]], "columns": ["_uuid"]});
+    let rows = rpc.transact(vec![select])?;
+    let uuids: Vec<String> = rows[0]["rows"]
+        .as_array()
+        .ok_or("no rows")?
+        .iter()
+        .filter_map(|r| r["_uuid"][1].as_str().map(String::from))
+        .collect();
+    if uuids.len() != n {
+        return Err(format!("{} target ports, want {n}", uuids.len()).into());
+    }
+    Ok(uuids)
+}
+
+/// ms for one transaction of `ops` on `remote`, after `reset` went directly to `db` (untimed).
+fn timed_transact(db: &std::path::Path, reset: &[Value], remote: &str, ops: &[Value]) -> Result<f64> {
+    Rpc::new(UnixStream::connect(db)?).transact(reset.to_vec())?;
+    let mut rpc = Rpc::new(tcp(remote)?);
+    rpc.call("echo", json!([]))?;
+    let t = Instant::now();
+    rpc.transact(ops.to_vec())?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The bulk rows: `n` ports tagged by one transaction in three shapes, `inserted` untagged
+/// ports inserted by one; and the proxy's VmRSS 10 s after each, against its settled size.
+fn bulk(runs: usize, n: usize, inserted: usize) -> Result<(Vec<Row>, Vec<String>)> {
+    eprintln!("bulk: {n} ports to tag, {inserted} to insert");
+    let dir = tempfile::Builder::new().prefix("sbs-bulk.").tempdir()?;
+    let nb = NbServer::start(dir.path()).map_err(|e| format!("{e:#}"))?;
+    let uuids = populate_bulk(&nb, n)?;
+    let (_socat, socat) = start_socat(&nb.tcp_remote())?;
+    let mut paths = Paths::new(nb.tcp_remote(), socat, dir.path(), n + BULK_LEFTOVERS);
+    paths.rss_after = Some(Duration::from_secs(10));
+    let target = json!([["external_ids", "includes", str_map(&[("bulk", "target")])]]);
+    let untag = vec![json!({"op": "update", "table": "Logical_Switch_Port", "where": target,
+        "row": {"external_ids": str_map(&[("bulk", "target")]), "options": str_map(&[("requested-chassis", "hv1")])}})];
+    let by_uuid = |u: &str| json!([["_uuid", "==", ["uuid", u]]]);
+    let dst = || str_map(&[("migration-destination", "hv2")]);
+    let shapes: Vec<(String, Vec<Value>)> = vec![
+        (
+            format!("{n} ports tagged in one transaction: {n} `mutate`s by uuid"),
+            uuids
+                .iter()
+                .map(|u| json!({"op": "mutate", "table": "Logical_Switch_Port", "where": by_uuid(u),
+                                "mutations": [["external_ids", "insert", dst()]]}))
+                .collect(),
+        ),
+        (
+            format!("{n} ports tagged in one transaction: {n} whole-map `update`s by uuid"),
+            uuids
+                .iter()
+                .map(|u| json!({"op": "update", "table": "Logical_Switch_Port", "where": by_uuid(u),
+                    "row": {"external_ids": str_map(&[("bulk", "target"), ("migration-destination", "hv2")])}}))
+                .collect(),
+        ),
+        (
+            // What the proxy sends upstream for the first shape: each port's fix appended,
+            // conditional on the state it assumed. The server's own cost of that is the floor
+            // of the proxy's ratio on these shapes.
+            format!("the same {n} `mutate`s with the {n} fixes the proxy appends, as it sends them upstream"),
+            uuids
+                .iter()
+                .map(|u| json!({"op": "mutate", "table": "Logical_Switch_Port", "where": by_uuid(u),
+                                "mutations": [["external_ids", "insert", dst()]]}))
+                .chain(uuids.iter().map(|u| json!({"op": "mutate", "table": "Logical_Switch_Port",
+                    "where": [["_uuid", "==", ["uuid", u]], ["options", "includes", str_map(&[("requested-chassis", "hv1")])],
+                              ["external_ids", "==", str_map(&[("bulk", "target"), ("migration-destination", "hv2")])]],
+                    "mutations": [["options", "delete", ["set", ["requested-chassis", "activation-strategy"]]],
+                                  ["options", "insert", str_map(&[("requested-chassis", "hv1,hv2"), ("activation-strategy", "rarp")])]]})))
+                .collect(),
+        ),
+        (
+            format!("{n} ports tagged in one transaction: one `mutate` matching every port"),
+            vec![json!({"op": "mutate", "table": "Logical_Switch_Port", "where": [],
+                        "mutations": [["external_ids", "insert", dst()]]})],
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut rss = Vec::new();
+    let mut measure = |paths: &mut Paths, what: String, reset: &[Value], ops: &[Value]| -> Result<()> {
+        eprintln!("  {what}");
+        let db = nb.socket();
+        let (db2, reset2) = (db.clone(), reset.to_vec());
+        paths.before_proxy =
+            Some(Box::new(move || Rpc::new(UnixStream::connect(&db2)?).transact(reset2.clone()).map(|_| ())));
+        let row = paths.measure(runs, false, false, |r| timed_transact(&db, reset, r, ops))?;
+        rss.push(format!(
+            "{what}: proxy VmRSS {:.1} MB settled before, {:.1} MB 10 s after the transaction; a fresh proxy on \
+             the state it left settles at {:.1} MB ({:.2}×)",
+            paths.proxy_idle_rss_kb as f64 / 1024.0,
+            paths.proxy_rss_after_kb as f64 / 1024.0,
+            paths.proxy_fresh_kb as f64 / 1024.0,
+            paths.proxy_rss_after_kb as f64 / paths.proxy_fresh_kb.max(1) as f64
+        ));
+        rows.push(Row::new(what, "ms", 1, row));
+        Ok(())
+    };
+    for (what, ops) in shapes {
+        measure(&mut paths, what, &untag, &ops)?;
+    }
+    let mut ops: Vec<Value> = (0..inserted)
+        .map(|i| {
+            json!({"op": "insert", "table": "Logical_Switch_Port", "uuid-name": format!("n{i}"),
+                "row": {"name": format!("ins{i}"), "addresses": format!("0a:01:00:{:02x}:{:02x}:{:02x} 10.200.{}.{}", i >> 16 & 0xff, i >> 8 & 0xff, i & 0xff, i >> 8 & 0xff, i & 0xff),
+                        "external_ids": str_map(&[("pod", &format!("default/pod{i}")), ("vendor", "bench")]),
+                        "options": str_map(&[("requested-chassis", &format!("node{}", i % 100))])}})
+        })
+        .collect();
+    let refs: Vec<Value> = (0..inserted).map(|i| json!(["named-uuid", format!("n{i}")])).collect();
+    ops.push(json!({"op": "insert", "table": "Logical_Switch", "row": {"name": "bulkins", "ports": ["set", refs]}}));
+    let delete =
+        vec![json!({"op": "delete", "table": "Logical_Switch", "where": [["name", "==", "bulkins"]]})];
+    let mb = serde_json::to_vec(&ops)?.len() as f64 / 1e6;
+    measure(
+        &mut paths,
+        format!("{inserted} untagged ports inserted in one transaction ({mb:.0} MB) on a new switch"),
+        &delete,
+        &ops,
+    )?;
+    Ok((rows, rss))
+}
+
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let runs = env_usize("SBS_RUNS", 3).max(1);
@@ -691,14 +990,8 @@ fn main() -> Result<()> {
         have = size;
         eprintln!("{size} ports populated in {:.1} s", t.elapsed().as_secs_f64());
         let targets = targets(&nb, 51)?;
-        let (_relay, relay) = start_relay(&nb.tcp_remote())?;
-        let mut paths = Paths {
-            upstream: nb.tcp_remote(),
-            relay,
-            proxy_hwm_kb: 0,
-            proxy_idle_rss_kb: 0,
-            proxy_settle: Vec::new(),
-        };
+        let (_socat, socat) = start_socat(&nb.tcp_remote())?;
+        let mut paths = Paths::new(nb.tcp_remote(), socat, dir.path(), size);
         // One untimed dump per path: warm caches, check everything answers.
         paths.measure(1, false, false, dump_ms)?;
         if want("dump") {
@@ -739,7 +1032,7 @@ fn main() -> Result<()> {
                 ("`transact` updating a switch", Rtt::Switch, false),
                 ("`transact` updating a port", Rtt::Port, false),
                 (
-                    "`transact` updating a port, direct and relay with one port monitor attached",
+                    "`transact` updating a port, direct and socat with one port monitor attached",
                     Rtt::Port,
                     true,
                 ),
@@ -755,7 +1048,7 @@ fn main() -> Result<()> {
         if k == 0 && want("tput") {
             eprintln!("  throughput");
             for (what, monitored) in
-                [("", false), (", direct and relay with one port monitor attached", true)]
+                [("", false), (", direct and socat with one port monitor attached", true)]
             {
                 rows.push(Row::new(
                     format!(
@@ -776,6 +1069,11 @@ fn main() -> Result<()> {
         ));
     }
     drop(nb);
+    if want("bulk") {
+        let (bulk_rows, rss) = bulk(runs, env_usize("SBS_BULK", 5000), env_usize("SBS_INSERT", 60_000))?;
+        rows.extend(bulk_rows);
+        proxy_rss.extend(rss);
+    }
     let big = if big_mb > 0 && want("rss") {
         eprintln!("big monitor reply: {big_mb} MB");
         Some(rss_under_big_reply(big_mb)?)
@@ -791,10 +1089,11 @@ fn main() -> Result<()> {
     for r in &rows {
         if r.unit == "µs" {
             println!(
-                "- {}: relay adds {:.1} µs, proxy adds {:.1} µs",
+                "- {}: socat adds {:.1} µs, the ovsdb relay {:.1} µs, the proxy {:.1} µs",
                 r.what,
                 r.values[1] - r.values[0],
-                r.values[2] - r.values[0]
+                r.values[2] - r.values[0],
+                r.values[3] - r.values[0]
             );
         }
     }

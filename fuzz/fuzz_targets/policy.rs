@@ -557,11 +557,12 @@ fuzz_target!(|input: Input| {
         assert!(!id.is_null());
         // The wire reads each op's text, and only the ops that can matter: the same plan, but
         // for an op the policy cannot read that it did not need to read (the server judges it).
-        if plan.unhandled.is_none() {
+        // (An op nested past serde_json's limit is not read from its text.)
+        if plan.unhandled.is_none() && depth(&params) < SERDE_DEPTH {
             assert_eq!(ins.plan, plan);
         }
         // (What serde_json itself cannot read back is not compared.)
-        if let Some(sent) = ins.rewritten().filter(|_| depth(&msg) < SERDE_DEPTH && plan.unhandled.is_none()) {
+        if let Some(sent) = ins.rewritten().filter(|_| depth(&msg) < SERDE_DEPTH && ins.plan == plan) {
             let sent: Value = serde_json::from_slice(&sent).unwrap_or_else(|e| {
                 panic!(
                     "rewritten message: {e}\noriginal {}\nrewritten {}",
@@ -573,7 +574,7 @@ fuzz_target!(|input: Input| {
             assert_eq!(sent["method"], "transact");
             assert_eq!(Some(sent["params"].clone()), plan.params_after(&params));
         }
-        if let Some((key, pending)) = ins.pending() {
+        if let Some((key, pending)) = ins.pending().filter(|_| ins.plan == plan) {
             let mut map = PendingMap::new();
             map.insert(key, pending);
             let reply = json!({"id": id, "result": result, "error": null});

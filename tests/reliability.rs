@@ -241,6 +241,48 @@ fn a_tag_sent_right_after_the_database_restarts_is_rewritten() {
     assert_rewritten_in_transaction(&mut p, "vm-new");
 }
 
+/// While the database is down, a migration in progress is aborted, the port given a new
+/// `requested-chassis` and migrated again elsewhere (`ovsdb-tool transact` on its file). Back
+/// up, the proxy sees only the last state: a new migration, from the new `requested-chassis`,
+/// not the old one moved (ovsdb-server's merged updates look the same; chaos found it as a
+/// wrong source).
+#[test]
+fn a_migration_restarted_while_the_proxy_looked_away_starts_from_the_new_chassis() {
+    let mut nb = nb();
+    seed_vm1(&nb.server.unix_remote());
+    let mut p = Proxy::start(&nb.server.unix_remote(), &[]);
+    p.wait_log("this proxy is the active reconciler", Duration::from_secs(10));
+    transact_ok(&p.unix, vec![tag_op("vm1", "hv4")]);
+    assert_eq!(rc_of(&read_ports(&nb.server.socket()), "vm1").as_deref(), Some("hv1,hv4"));
+    eventually("the proxy follows the migration", || {
+        p.appctl(&["migrations/list"]).is_ok_and(|l| l.contains("vm1") && l.contains("hv4"))
+    });
+    nb.server
+        .restart_with(|db| {
+            let db = db.to_string_lossy();
+            let lsp = |mutations: Value| {
+                json!(["OVN_Northbound", {"op": "mutate", "table": "Logical_Switch_Port",
+                    "where": [["name", "==", "vm1"]], "mutations": mutations}])
+                .to_string()
+            };
+            let abort = lsp(json!([
+                ["external_ids", "delete", ["set", [DST]]],
+                ["options", "delete", ["set", ["requested-chassis", "activation-strategy"]]],
+                ["options", "insert", ["map", [["requested-chassis", "hv2"]]]]
+            ]));
+            run_tool("ovsdb-tool", &["transact", &db, &abort])?;
+            run_tool(
+                "ovsdb-tool",
+                &["transact", &db, &lsp(json!([["external_ids", "insert", ["map", [[DST, "hv3"]]]]]))],
+            )
+            .map(drop)
+        })
+        .expect("restart");
+    eventually_within("the new migration's options", Duration::from_secs(20), || {
+        rc_of(&read_ports(&nb.server.socket()), "vm1").as_deref() == Some("hv2,hv3")
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // State that cannot be known, and state that is not the proxy's
 

@@ -282,6 +282,15 @@ fn bulk(c: &mut Criterion) {
     group.bench_function("inspect_request_5000_untagged_inserts", |b| {
         b.iter(|| inspect_request(black_box(&insert), &view, &cfg))
     });
+    // What a session does on the event loop with a big message before it is handed to the
+    // blocking pool: the byte tests, over the whole message (here 1.4 MB).
+    group.bench_function("byte_tests_5000_untagged_inserts", |b| {
+        use ovn_nb_proxy::rewrite::{cancelled_id, may_touch_ports, must_plan};
+        b.iter(|| {
+            let raw = black_box(&insert);
+            (cancelled_id(raw), may_touch_ports(raw), must_plan(raw, &cfg, true))
+        })
+    });
     group.finish();
 }
 

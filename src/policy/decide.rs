@@ -264,8 +264,11 @@ fn due_final(post: &LspState, mem: &dyn Memory) -> Option<Desired> {
         .then_some(Desired { opts: Opts { requested_chassis: Some(rc), activation_strategy: None }, cause })
 }
 
-/// The destination tag went away while the migration was in progress and the options are still
-/// the proxy's `src,dst`: roll back to the source.
+/// The destination tag went away while the migration was in progress, and the write did not
+/// choose a `requested-chassis` of its own: roll back to the source. Not chosen: the options are
+/// still the proxy's `src,dst`, or the write left `requested-chassis` as it was before it (a
+/// value an earlier write set during the migration, which the policy overrides, and which the
+/// proxy had not yet reasserted: its fix lost a race). A write that changes it stands.
 fn abort(pre: &LspState, post: &LspState, cfg: &PolicyConfig, mem: &dyn Memory) -> Option<Desired> {
     let tags = Tags::read(&pre.external_ids, cfg);
     if tags.phase != Phase::InProgress {
@@ -274,7 +277,9 @@ fn abort(pre: &LspState, post: &LspState, cfg: &PolicyConfig, mem: &dyn Memory) 
     let dst = check_name(tags.dst?).ok()?;
     let remembered = mem.source(&pre.name, dst, false);
     let src = source(&tags, remembered.as_deref(), None, pre).ok()?;
-    if src == dst || post.options.get(REQUESTED_CHASSIS) != Some(&format!("{src},{dst}")) {
+    let rc = post.options.get(REQUESTED_CHASSIS);
+    let untouched = rc == pre.options.get(REQUESTED_CHASSIS);
+    if src == dst || !(rc == Some(&format!("{src},{dst}")) || untouched) {
         return None;
     }
     Some(Desired {
@@ -516,6 +521,19 @@ mod tests {
                 Some(migrating_pre.clone()),
                 row(&[(RC, "hv2")], &[]),
                 Ok(None),
+            ),
+            (
+                // An earlier write set it during the migration, its fix not made yet.
+                "abort over a requested-chassis not reasserted yet",
+                Some(row(&[(RC, "hv7")], &[(DST, "hv2"), (SRC, "hv1")])),
+                row(&[(RC, "hv7")], &[(SRC, "hv1")]),
+                Ok(Some((Some("hv1"), None, Cause::Aborted))),
+            ),
+            (
+                "abort with requested-chassis already the source: the strategy goes",
+                Some(row(&[(RC, "hv1"), (AS, "rarp")], &[(DST, "hv2"), (SRC, "hv1")])),
+                row(&[(RC, "hv1"), (AS, "rarp")], &[(SRC, "hv1")]),
+                Ok(Some((Some("hv1"), None, Cause::Aborted))),
             ),
             (
                 "no abort after success",

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::cache::LspCache;
 use crate::policy::{
-    map_result, plan_transact_raw, Change, LspState, LspView, Memory, Opts, Plan, PolicyConfig, Rewrite,
-    SkipReason,
+    map_result, may_spell_destination_key, plan_transact_raw, Change, LspState, LspView, Memory, Opts, Plan,
+    PolicyConfig, Rewrite, SkipReason,
 };
 use crate::timeline::Timelines;
 use crate::wire::{id_key, Envelope, Kind};
@@ -194,22 +194,7 @@ pub fn may_touch_ports(raw: &[u8]) -> bool {
 /// no row the transaction leaves can be tagged, nor was one before it: the policy has nothing to
 /// say (the policy fuzzer checks that the two answers agree), and the bytes go unparsed.
 pub fn must_plan(raw: &[u8], cfg: &PolicyConfig, quiet: bool) -> bool {
-    thread_local! {
-        /// The searcher for the destination key, built once per key (building one costs more
-        /// than searching a port write with it).
-        static DESTINATION: std::cell::RefCell<Option<(Box<str>, memmem::Finder<'static>)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    if !quiet || memchr::memchr(b'\\', raw).is_some() {
-        return true;
-    }
-    let key = cfg.destination_key.as_str();
-    DESTINATION.with_borrow_mut(|slot| {
-        if slot.as_ref().is_none_or(|(k, _)| **k != *key) {
-            *slot = Some((key.into(), memmem::Finder::new(key.as_bytes()).into_owned()));
-        }
-        slot.as_ref().is_none_or(|(_, f)| f.find(raw).is_some())
-    })
+    !quiet || may_spell_destination_key(raw, cfg)
 }
 
 /// Where a member's value lies in a message, as a byte range.

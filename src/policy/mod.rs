@@ -227,6 +227,27 @@ pub struct Unhandled {
     pub what: &'static str,
 }
 
+/// Whether `raw` spells the destination tag key in force, or holds a JSON escape (which could
+/// spell it): bytes for which this is false cannot tag a port.
+pub fn may_spell_destination_key(raw: &[u8], cfg: &PolicyConfig) -> bool {
+    thread_local! {
+        /// The searcher for the destination key, built once per key (building one costs more
+        /// than searching a port write with it).
+        static DESTINATION: std::cell::RefCell<Option<(Box<str>, memchr::memmem::Finder<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    if memchr::memchr(b'\\', raw).is_some() {
+        return true;
+    }
+    let key = cfg.destination_key.as_str();
+    DESTINATION.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(k, _)| **k != *key) {
+            *slot = Some((key.into(), memchr::memmem::Finder::new(key.as_bytes()).into_owned()));
+        }
+        slot.as_ref().is_none_or(|(_, f)| f.find(raw).is_some())
+    })
+}
+
 /// What to do with one `transact` request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {

@@ -14,8 +14,8 @@ use super::value::{
     StrMap, UuidRef,
 };
 use super::{
-    Change, LspState, LspView, Opts, Plan, PolicyConfig, Rewrite, Skip, SkipReason, Unhandled,
-    ACTIVATION_STRATEGY, LSP_TABLE, NB_DB, REQUESTED_CHASSIS,
+    may_spell_destination_key, Change, LspState, LspView, Opts, Plan, PolicyConfig, Rewrite, Skip,
+    SkipReason, Unhandled, ACTIVATION_STRATEGY, LSP_TABLE, NB_DB, REQUESTED_CHASSIS,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -667,11 +667,7 @@ pub fn plan_transact_raw(
     if serde_json::from_str::<Cow<str>>(db.get()).ok().as_deref() != Some(NB_DB) || ops.is_empty() {
         return Some(Plan::forward(ops.len()));
     }
-    let key = memchr::memmem::Finder::new(cfg.destination_key.as_bytes());
-    let spelled = |op: &&RawValue| {
-        memchr::memchr(b'\\', op.get().as_bytes()).is_some() || key.find(op.get().as_bytes()).is_some()
-    };
-    let tag_free = !ops.iter().any(spelled);
+    let tag_free = !ops.iter().any(|op| may_spell_destination_key(op.get().as_bytes(), cfg));
     plan_ops(&Ops::Raw { ops, tag_free }, view, cfg, max_scan)
 }
 
@@ -811,18 +807,13 @@ fn plan_with(ops: &Ops, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -
         // and would overwrite what the writer chose (a `requested-chassis` set on a finished
         // migration, say). Otherwise the fix is appended, conditional on the state assumed.
         if single && steps[k].can_edit_options() && w.ext_from_client {
-            let at = match edited.iter().position(|(e, _)| *e == k) {
-                Some(at) => Some(at),
-                None => ops.value(k).map(|op| {
-                    edited.push((k, op));
-                    edited.len() - 1
-                }),
-            };
-            if let Some(op) = at.map(|at| &mut edited[at].1) {
+            // `single`: op `k` wrote this row alone, so no other row edits it.
+            if let Some(mut op) = ops.value(k) {
                 match steps[k] {
-                    Step::Mutate { .. } => edit_mutations(op, &want.opts),
-                    _ => edit_row_options(op, &want.opts),
+                    Step::Mutate { .. } => edit_mutations(&mut op, &want.opts),
+                    _ => edit_row_options(&mut op, &want.opts),
                 }
+                edited.push((k, op));
             }
         } else {
             let opts = &want.opts;

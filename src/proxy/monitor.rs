@@ -284,9 +284,7 @@ async fn session<H: Handler>(
                 }
             }
             // The buffer grew to hold a big message (the initial reply): give the memory back.
-            if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
-                buf = BytesMut::with_capacity(READ_BUF);
-            }
+            crate::memory::shrink(&mut buf, READ_BUF);
             for req in out {
                 let id = next_id;
                 next_id += 1;

@@ -254,10 +254,7 @@ where
         };
         write_chunks(&mut w, &mut out).await.map_err(dir.write)?;
         decoded?;
-        // The buffer grew to hold a big message: give the memory back.
-        if buf.is_empty() && buf.capacity() > 4 * READ_BUF {
-            buf = BytesMut::with_capacity(READ_BUF);
-        }
+        crate::memory::shrink(&mut buf, READ_BUF);
         if eof {
             w.shutdown().await.map_err(dir.write)?;
             return Ok(());

@@ -1,6 +1,6 @@
 //! Real packets, side by side: the same live migration (hv1 → hv2, the VM pre-plugged on both)
 //! driven by each kind of CMS, runs interleaved arm by arm, on the OVS userspace datapath in
-//! network namespaces (`ovn_nb_proxy::netlab`). On demand, as root:
+//! network namespaces (`ovn_nb_lab::netlab`). On demand, as root:
 //!
 //! ```sh
 //! cargo bench --bench dataplane                       # 10 runs of every arm, namespace VM
@@ -21,8 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ovn_nb_proxy::netlab::run::{reset, run_once, summary, Arm, Cms, Measured};
-use ovn_nb_proxy::netlab::PacketLab;
+use ovn_nb_lab::netlab::run::{reset, run_once, summary, Arm, Cms, Measured};
+use ovn_nb_lab::netlab::PacketLab;
 use serde_json::json;
 
 /// The proxy binary in front of the lab's NB, with a config file to switch finalize on and off.
@@ -137,7 +137,7 @@ fn main() {
     let t0 = Instant::now();
     let guest = kinds
         .contains(&"qemu")
-        .then(|| ovn_nb_proxy::netlab::qemu::prepare(dir.path()).unwrap_or_else(|e| panic!("guest: {e:#}")));
+        .then(|| ovn_nb_lab::netlab::qemu::prepare(dir.path()).unwrap_or_else(|e| panic!("guest: {e:#}")));
     let mut lab = PacketLab::start(dir.path(), 2, "hv1").unwrap_or_else(|e| panic!("lab: {e:#}"));
     if kinds.contains(&"namespace") {
         lab.namespace_vm().unwrap_or_else(|e| panic!("vm: {e:#}"));
@@ -163,7 +163,7 @@ fn main() {
                 }
                 let mut m = if *kind == "qemu" {
                     let guest = guest.as_ref().expect("guest");
-                    ovn_nb_proxy::netlab::qemu::run_once(&mut lab, guest, arm, &cms)
+                    ovn_nb_lab::netlab::qemu::run_once(&mut lab, guest, arm, &cms)
                 } else {
                     reset(&mut lab).and_then(|()| run_once(&mut lab, arm, &cms))
                 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ovn_nb_proxy::cache::LspCache;
 use ovn_nb_proxy::policy::{plan_transact, LspState, PolicyConfig, StaticView};
-use ovn_nb_proxy::rewrite::inspect_request;
+use ovn_nb_proxy::proxy::rewrite::inspect_request;
 use serde_json::{json, Value};
 
 const PORTS: usize = 1000;
@@ -149,7 +149,7 @@ fn data_path(c: &mut Criterion) {
 /// What a port write costs the session when nothing migrates (the cache synchronised, no port
 /// tagged, nothing due): the byte tests that let it pass unparsed, against 20 000 cached ports.
 fn fast_path(c: &mut Criterion) {
-    use ovn_nb_proxy::rewrite::{may_touch_ports, must_plan, PortsView};
+    use ovn_nb_proxy::proxy::rewrite::{may_touch_ports, must_plan, PortsView};
     use ovn_nb_proxy::timeline::Timelines;
     let cfg = PolicyConfig::default();
     let policy = std::sync::RwLock::new(std::sync::Arc::new(cfg.clone()));
@@ -285,7 +285,7 @@ fn bulk(c: &mut Criterion) {
     // What a session does on the event loop with a big message before it is handed to the
     // blocking pool: the byte tests, over the whole message (here 1.4 MB).
     group.bench_function("byte_tests_5000_untagged_inserts", |b| {
-        use ovn_nb_proxy::rewrite::{cancelled_id, may_touch_ports, must_plan};
+        use ovn_nb_proxy::proxy::rewrite::{cancelled_id, may_touch_ports, must_plan};
         b.iter(|| {
             let raw = black_box(&insert);
             (cancelled_id(raw), may_touch_ports(raw), must_plan(raw, &cfg, true))

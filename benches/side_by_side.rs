@@ -36,7 +36,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ovn_nb_proxy::sandbox::{ovn_nbctl, require, NbServer};
+use ovn_nb_lab::sandbox::{ovn_nbctl, require, NbServer};
 use ovn_nb_proxy::wire::{FrameCodec, Scanner};
 use serde_json::{json, Value};
 use tokio_util::codec::Decoder;

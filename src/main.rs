@@ -8,9 +8,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use ovn_nb_proxy::daemon::{LogFile, Pidfile};
+use ovn_nb_proxy::control::daemon::{LogFile, Pidfile};
+use ovn_nb_proxy::control::Control;
+use ovn_nb_proxy::net::remote::{parse_listen, parse_upstreams};
 use ovn_nb_proxy::proxy::{Config, Proxy};
-use ovn_nb_proxy::remote::{parse_listen, parse_upstreams};
 
 #[derive(Parser)]
 #[command(
@@ -46,8 +47,6 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a throw-away NB database with the proxy in front and drive ovn-nbctl through it.
-    Demo,
     /// Play a `--record` transcript against a database and compare every reply with the
     /// recorded one (uuids paired, per-database values ignored). Exit 0: all equal; 1: a
     /// mismatch (a diff per message is printed); 2: the replay could not run.
@@ -227,14 +226,14 @@ fn load_policy(path: &std::path::Path) -> Result<ovn_nb_proxy::policy::FileConfi
     ovn_nb_proxy::policy::load_toml(&text).with_context(|| format!("in {}", path.display()))
 }
 
-fn config(args: RunArgs) -> Result<Config> {
-    let Some(upstream) = args.upstream else {
+fn config(args: &RunArgs) -> Result<Config> {
+    let Some(upstream) = &args.upstream else {
         bail!("--upstream is required (e.g. --upstream unix:/run/ovn/ovnnb_db.sock)")
     };
     if args.listen.is_empty() {
         bail!("at least one --listen is required (e.g. --listen ptcp:6641 or --listen punix:/run/ovn-nb-proxy.sock)");
     }
-    let upstreams = parse_upstreams(&upstream).context("--upstream")?;
+    let upstreams = parse_upstreams(upstream).context("--upstream")?;
     let listen =
         args.listen.iter().map(|l| parse_listen(l)).collect::<Result<Vec<_>, _>>().context("--listen")?;
     if args.max_sessions == 0 {
@@ -244,7 +243,6 @@ fn config(args: RunArgs) -> Result<Config> {
     if let Some(path) = &args.config {
         cfg.policy = load_policy(path)?.migration;
     }
-    cfg.metrics = args.metrics;
     cfg.sessions_to_first = args.session_upstream == SessionUpstream::First;
     cfg.reconciler_lock = args.reconciler_lock.clone();
 
@@ -262,9 +260,10 @@ fn config(args: RunArgs) -> Result<Config> {
     if (cfg.finalize_on_activation || cfg.policy.finalize_on_activation) && cfg.sb.is_empty() {
         bail!("finalize on activation needs --sb-db: the proxy learns of the activation from the Southbound");
     }
-    cfg.unixctl = args.unixctl;
-    cfg.record =
-        args.record.map(|dir| ovn_nb_proxy::record::RecordConfig { dir, max_bytes: args.record_max_bytes });
+    cfg.record = args
+        .record
+        .clone()
+        .map(|dir| ovn_nb_proxy::transcript::record::RecordConfig { dir, max_bytes: args.record_max_bytes });
     cfg.max_sessions = args.max_sessions;
     cfg.max_frame = args.max_frame_size;
     cfg.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
@@ -273,7 +272,7 @@ fn config(args: RunArgs) -> Result<Config> {
         cfg.listen.iter().any(|l| l.is_ssl()) || cfg.upstreams.iter().chain(&cfg.sb).any(|u| u.is_ssl());
     cfg.tls = match (&args.private_key, &args.certificate, &args.ca_cert) {
         (Some(p), Some(c), Some(ca)) => {
-            Some(Arc::new(ovn_nb_proxy::tls::Tls::load(ovn_nb_proxy::tls::TlsFiles {
+            Some(Arc::new(ovn_nb_proxy::net::tls::Tls::load(ovn_nb_proxy::net::tls::TlsFiles {
                 private_key: p.clone(),
                 certificate: c.clone(),
                 ca_cert: ca.clone(),
@@ -345,18 +344,16 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    // The demo prints its own story; the proxy's log would drown it unless asked for.
-    let default_filter = if matches!(cli.command, Some(Command::Demo)) { "warn" } else { "info" };
-    let log = init_logging(cli.log.as_deref(), default_filter, cli.log_format, cli.log_file.as_deref())?;
+    let log = init_logging(cli.log.as_deref(), "info", cli.log_format, cli.log_file.as_deref())?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
     match cli.command {
-        Some(Command::Demo) => ovn_nb_proxy::demo::run(shutdown).await,
         Some(Command::Replay { file, upstream }) => {
             let replayed = match parse_upstreams(&upstream) {
                 Ok(upstreams) => {
-                    let task =
-                        tokio::task::spawn_blocking(move || ovn_nb_proxy::replay::run(&file, &upstreams));
+                    let task = tokio::task::spawn_blocking(move || {
+                        ovn_nb_proxy::transcript::replay::run(&file, &upstreams)
+                    });
                     match task.await {
                         Ok(r) => r.map_err(anyhow::Error::from),
                         Err(e) => Err(anyhow::Error::from(e).context("replay task")),
@@ -379,7 +376,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::GenerateDocs { dir }) => {
-            ovn_nb_proxy::docs::write(Cli::command(), &dir)?;
+            ovn_nb_proxy::control::docs::write(Cli::command(), &dir)?;
             println!("{}: ovn-nb-proxy.8 ovn-nb-proxy.bash", dir.display());
             Ok(())
         }
@@ -392,16 +389,15 @@ async fn run(cli: Cli) -> Result<()> {
             let config_path = cli.run.config.clone();
             // Before anything binds: a second proxy on the same pidfile stops here.
             let pidfile = cli.run.pidfile.as_deref().map(Pidfile::create).transpose()?;
-            let mut cfg = config(cli.run)?;
-            if let (None, Some(p)) = (&cfg.unixctl, &pidfile) {
-                cfg.unixctl = Some(p.control_socket());
-            }
-            cfg.log_control = Some(log);
+            let cfg = config(&cli.run)?;
+            let unixctl = cli.run.unixctl.clone().or_else(|| pidfile.as_ref().map(Pidfile::control_socket));
             let proxy = Proxy::bind(cfg).await?;
+            let control = Control::bind(unixctl.as_deref(), cli.run.metrics, Some(log)).await?;
             if let Some(path) = config_path {
                 reload_on_sighup(path, proxy.shared())?;
             }
-            proxy.serve(shutdown).await;
+            let (shared, info) = (proxy.shared(), proxy.info());
+            tokio::join!(proxy.serve(shutdown.clone()), control.serve(shared, info, shutdown));
             drop(pidfile);
             Ok(())
         }

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
-exec cargo run --quiet --release -- demo "$@"
+exec cargo run --quiet --release -p ovn-nb-lab --bin ovn-nb-demo -- "$@"

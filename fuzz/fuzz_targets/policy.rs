@@ -20,7 +20,7 @@ use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ovn_nb_proxy::policy::{map_result, plan_transact, LspState, PolicyConfig, StaticView};
-use ovn_nb_proxy::rewrite::{fix_reply, inspect_request, may_touch_ports, must_plan, PendingMap};
+use ovn_nb_proxy::proxy::rewrite::{fix_reply, inspect_request, may_touch_ports, must_plan, PendingMap};
 use serde_json::{json, Map, Value};
 
 const UUIDS: [&str; 5] = [

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
 use crate::policy::NB_DB;
+use crate::proxy::metrics::Metrics;
 
 #[derive(Debug)]
 struct Member {

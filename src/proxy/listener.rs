@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 
-use super::upstream::{tune_tcp, BoxIo};
-use crate::remote::Passive;
-use crate::tls::Tls;
+use crate::net::dial::{tune_tcp, BoxIo};
+use crate::net::remote::Passive;
+use crate::net::tls::Tls;
 
 /// Bound on a client's TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,12 +5,13 @@
 //! upstream would need id, monitor and lock rewriting, and a dead client would keep its locks.
 
 mod cluster;
-mod http;
 mod listener;
+pub mod memory;
+pub mod metrics;
 mod monitor;
 mod reconciler;
+pub mod rewrite;
 mod session;
-mod unixctl;
 mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,10 +28,10 @@ pub use monitor::Poke;
 pub use upstream::{Pick, UpstreamError, Upstreams};
 
 use crate::cache::LspCache;
-use crate::metrics::Metrics;
+use crate::net::remote::{Active, Passive};
 use crate::policy::PolicyConfig;
-use crate::remote::{Active, Passive};
-use crate::rewrite::PortsView;
+use crate::proxy::metrics::Metrics;
+use crate::proxy::rewrite::PortsView;
 use crate::timeline::Timelines;
 use crate::wire::DEFAULT_MAX_FRAME;
 
@@ -61,18 +62,12 @@ pub struct Config {
     /// How long a client transaction on ports may be held while the port cache is not
     /// synchronised; past it the session is closed.
     pub sync_timeout: Duration,
-    /// The `ovs-appctl` control socket.
-    pub unixctl: Option<std::path::PathBuf>,
     /// Session transcripts.
-    pub record: Option<crate::record::RecordConfig>,
-    /// Prometheus and health endpoint.
-    pub metrics: Option<std::net::SocketAddr>,
+    pub record: Option<crate::transcript::record::RecordConfig>,
     /// How long open sessions may run on after a stop was asked for.
     pub drain_grace: Duration,
-    /// Run-time log filter control (`vlog/set`), when the binary provides one.
-    pub log_control: Option<Arc<dyn crate::control::LogControl>>,
     /// Certificates for `pssl:` listeners and `ssl:` upstreams.
-    pub tls: Option<Arc<crate::tls::Tls>>,
+    pub tls: Option<Arc<crate::net::tls::Tls>>,
     /// Sidecar deployment: client sessions go to the first upstream (the local member).
     pub sessions_to_first: bool,
     /// Name of the OVSDB lock that elects the active reconciler among several proxies.
@@ -100,7 +95,7 @@ pub struct Shared {
     pokes: mpsc::Sender<Poke>,
     pokes_rx: std::sync::Mutex<Option<mpsc::Receiver<Poke>>>,
     /// The transcript writer (`--record`).
-    pub recorder: Option<Arc<crate::record::RecordSink>>,
+    pub recorder: Option<Arc<crate::transcript::record::RecordSink>>,
 }
 
 impl Shared {
@@ -220,11 +215,8 @@ impl Config {
             finalize_on_activation: false,
             inactivity_probe: Duration::from_secs(5),
             sync_timeout: Duration::from_secs(10),
-            unixctl: None,
             record: None,
-            metrics: None,
             drain_grace: Duration::from_secs(10),
-            log_control: None,
             tls: None,
             sessions_to_first: false,
             reconciler_lock: "ovn_nb_proxy_reconciler".into(),
@@ -239,8 +231,17 @@ pub struct Proxy {
     nb: Arc<Upstreams>,
     sb: Option<Arc<Upstreams>>,
     listeners: Vec<Listener>,
-    unixctl: Option<Listener>,
-    metrics: Option<tokio::net::TcpListener>,
+}
+
+/// What `proxy/show` reports besides the shared state.
+#[derive(Clone, Default)]
+pub struct ProxyInfo {
+    pub listeners: Vec<String>,
+    pub upstreams: Vec<String>,
+    pub sb: Vec<String>,
+    pub dry_run: bool,
+    /// The upstreams, for the cluster leader in `proxy/show`.
+    pub upstream_state: Option<Arc<Upstreams>>,
 }
 
 impl Proxy {
@@ -253,25 +254,12 @@ impl Proxy {
         let mut shared =
             Shared::new(cfg.policy.clone(), cfg.dry_run, cfg.finalize_on_activation, !cfg.sb.is_empty());
         if let Some(rc) = &cfg.record {
-            let sink = crate::record::RecordSink::start(rc.clone()).map_err(|source| ListenError::Bind {
-                remote: format!("record directory {}", rc.dir.display()),
-                source,
+            let sink = crate::transcript::record::RecordSink::start(rc.clone()).map_err(|source| {
+                ListenError::Bind { remote: format!("record directory {}", rc.dir.display()), source }
             })?;
             shared.recorder = Some(sink);
         }
         let shared = Arc::new(shared);
-        let unixctl = match &cfg.unixctl {
-            Some(path) => Some(unixctl::bind(path).await?),
-            None => None,
-        };
-        let metrics = match cfg.metrics {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ListenError::Bind { remote: format!("metrics {addr}"), source })?,
-            ),
-            None => None,
-        };
         let nb = Arc::new(Upstreams::new(
             cfg.upstreams.clone(),
             cfg.connect_timeout,
@@ -280,12 +268,23 @@ impl Proxy {
         ));
         let sb = (!cfg.sb.is_empty())
             .then(|| Arc::new(Upstreams::new(cfg.sb.clone(), cfg.connect_timeout, cfg.tls.clone(), false)));
-        Ok(Self { cfg: Arc::new(cfg), shared, nb, sb, listeners, unixctl, metrics })
+        Ok(Self { cfg: Arc::new(cfg), shared, nb, sb, listeners })
     }
 
     /// The port cache, the metrics and the policy, shared with every session.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// The listeners and upstreams, as the control socket reports them.
+    pub fn info(&self) -> ProxyInfo {
+        ProxyInfo {
+            listeners: self.listeners.iter().map(|l| l.local_addr().to_string()).collect(),
+            upstreams: self.cfg.upstreams.iter().map(ToString::to_string).collect(),
+            sb: self.cfg.sb.iter().map(ToString::to_string).collect(),
+            dry_run: self.cfg.dry_run,
+            upstream_state: Some(self.nb.clone()),
+        }
     }
 
     /// Serves until `shutdown` is cancelled. Then the listeners close at once, open sessions
@@ -297,7 +296,7 @@ impl Proxy {
         let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
         let next_id = Arc::new(AtomicU64::new(1));
         tracker.spawn(probe_upstream(self.nb.clone(), shutdown.clone()));
-        tracker.spawn(crate::memory::give_back_after_bursts(
+        tracker.spawn(memory::give_back_after_bursts(
             shutdown.clone(),
             self.shared.metrics.memory_trims.clone(),
         ));
@@ -321,21 +320,6 @@ impl Proxy {
         }
         if let Some(tls) = &self.cfg.tls {
             tracker.spawn(tls.clone().watch(Duration::from_secs(2), shutdown.clone()));
-        }
-        if let Some(ctl) = self.unixctl {
-            let info = crate::control::ProxyInfo {
-                listeners: self.listeners.iter().map(|l| l.local_addr().to_string()).collect(),
-                upstreams: self.cfg.upstreams.iter().map(ToString::to_string).collect(),
-                sb: self.cfg.sb.iter().map(ToString::to_string).collect(),
-                dry_run: self.cfg.dry_run,
-                log: self.cfg.log_control.clone(),
-                upstream_state: Some(self.nb.clone()),
-            };
-            let io = Arc::new(crate::control::handler(self.shared.clone(), info, shutdown.clone()));
-            tracker.spawn(unixctl::serve(ctl, io, shutdown.clone()));
-        }
-        if let Some(http) = self.metrics {
-            tracker.spawn(http::serve(http, self.shared.clone(), shutdown.clone()));
         }
         let sessions = TaskTracker::new();
         for listener in self.listeners {

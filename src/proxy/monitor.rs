@@ -35,9 +35,10 @@ use tracing::{debug, info, warn};
 
 use super::cluster::ServerWatch;
 use super::reconciler::{Answer, Reconciler};
-use super::upstream::{BoxIo, Pick, Upstreams};
+use super::upstream::{Pick, Upstreams};
 use super::Shared;
 use crate::cache::{sb, SbCache, Touched, COLUMNS};
+use crate::net::dial::BoxIo;
 use crate::policy::{Pre, LSP_TABLE, NB_DB};
 use crate::timeline::Stage;
 use crate::wire::{Envelope, FrameCodec};
@@ -227,7 +228,7 @@ async fn session<H: Handler>(
                     heard = Instant::now();
                     probing = false;
                     while let Some(chunk) = codec.decode(&mut buf)? {
-                        crate::memory::note(chunk.bytes().len());
+                        crate::proxy::memory::note(chunk.bytes().len());
                         // Only the envelope is parsed here; each handler reads its updates its own way.
                         let Ok(msg) = Envelope::parse(chunk.bytes()) else { continue };
                         let id = msg.id.filter(|id| id.get() != "null");
@@ -284,7 +285,7 @@ async fn session<H: Handler>(
                 }
             }
             // The buffer grew to hold a big message (the initial reply): give the memory back.
-            crate::memory::shrink(&mut buf, READ_BUF);
+            crate::proxy::memory::shrink(&mut buf, READ_BUF);
             for req in out {
                 let id = next_id;
                 next_id += 1;

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use super::Shared;
 use crate::cache::nb::{Row, Uuid};
 use crate::policy::{plan_reconcile, Fix, LspState, Pre, SkipReason, NB_DB, REQUESTED_CHASSIS};
-use crate::rewrite::{audit, audit_yield, skip_message, Audit};
+use crate::proxy::rewrite::{audit, audit_yield, skip_message, Audit};
 
 /// Rows per reconcile transaction.
 pub(super) const BATCH: usize = 64;

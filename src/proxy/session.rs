@@ -20,12 +20,12 @@ use super::listener::Incoming;
 use super::upstream::{Pick, Upstreams};
 use super::{Config, Shared};
 use crate::policy::SkipReason;
-use crate::record::Recorder;
-use crate::rewrite::{
+use crate::proxy::rewrite::{
     audit, audit_refused, audit_stale, audit_unconfirmed, audit_yield, cancelled_id, fix_reply,
     inspect_request, inspect_request_within, may_touch_ports, must_plan, skip_message, Audit, Inspected,
     Outcome, Pending, PendingMap,
 };
+use crate::transcript::record::Recorder;
 use crate::wire::{Chunk, FrameCodec, FrameError};
 
 const READ_BUF: usize = 64 * 1024;
@@ -236,7 +236,7 @@ where
             let next = if eof { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
             match next {
                 Ok(Some(chunk)) => {
-                    crate::memory::note(chunk.bytes().len());
+                    crate::proxy::memory::note(chunk.bytes().len());
                     match tap.forward(chunk) {
                         Forward::Now(bytes) => out.push(bytes),
                         Forward::Later(later) => {
@@ -254,7 +254,7 @@ where
         };
         write_chunks(&mut w, &mut out).await.map_err(dir.write)?;
         decoded?;
-        crate::memory::shrink(&mut buf, READ_BUF);
+        crate::proxy::memory::shrink(&mut buf, READ_BUF);
         if eof {
             w.shutdown().await.map_err(dir.write)?;
             return Ok(());

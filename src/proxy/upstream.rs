@@ -2,53 +2,13 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpStream, UnixStream};
-
-use crate::remote::Active;
-use crate::tls::{server_name, Tls};
-
-/// A byte stream of either leg (unix, TCP or TLS), boxed so a session is one type.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-pub type BoxIo = Box<dyn Io>;
+use crate::net::dial::{dial, BoxIo};
+use crate::net::remote::Active;
+use crate::net::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 #[error("no upstream reachable: {}", .0.iter().map(|(r, e)| format!("{r}: {e}")).collect::<Vec<_>>().join("; "))]
 pub struct UpstreamError(pub Vec<(String, String)>);
-
-/// `TCP_NODELAY` always (OVSDB is request/response: Nagle costs ~80 ms per ovn-nbctl call);
-/// keepalive upstream, so a half-open server connection is noticed.
-pub(crate) fn tune_tcp(s: &TcpStream, keepalive: bool) {
-    let _ = s.set_nodelay(true);
-    if keepalive {
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(30))
-            .with_interval(Duration::from_secs(10))
-            .with_retries(3);
-        let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
-    }
-}
-
-async fn connect_one(remote: &Active, tls: Option<&Tls>) -> std::io::Result<BoxIo> {
-    match remote {
-        Active::Unix(path) => Ok(Box::new(UnixStream::connect(path).await?)),
-        Active::Tcp { host, port } => {
-            let s = TcpStream::connect((host.as_str(), *port)).await?;
-            tune_tcp(&s, true);
-            Ok(Box::new(s))
-        }
-        Active::Ssl { host, port } => {
-            let tls = tls.ok_or_else(|| {
-                std::io::Error::other("SSL upstream needs --private-key, --certificate and --ca-cert")
-            })?;
-            let name = server_name(host).map_err(std::io::Error::other)?;
-            let s = TcpStream::connect((host.as_str(), *port)).await?;
-            tune_tcp(&s, true);
-            Ok(Box::new(tls.connector().connect(name, s).await?))
-        }
-    }
-}
 
 /// Which upstream a connection wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +90,7 @@ impl Upstreams {
         let mut failures = Vec::new();
         for i in self.order(pick) {
             let r = &self.remotes[i];
-            match tokio::time::timeout(self.timeout, connect_one(r, self.tls.as_deref())).await {
+            match tokio::time::timeout(self.timeout, dial(r, self.tls.as_deref())).await {
                 Ok(Ok(io)) => {
                     let demoted = self.leader.as_ref().map(|t| t.demotion(i));
                     return Ok(Link { io, index: i, remote: r.to_string(), demoted });

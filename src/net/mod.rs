@@ -1,0 +1,5 @@
+//! Reaching an OVSDB remote: OVS remote syntax, TLS material, dialling. No policy, no state.
+
+pub mod dial;
+pub mod remote;
+pub mod tls;

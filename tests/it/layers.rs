@@ -1,0 +1,122 @@
+//! The boundaries ARCHITECTURE.md states, checked on the source: the library's modules form
+//! layers in the order `src/lib.rs` declares them, and each imports only the layers before it
+//! (so there is no circle); the pure layers touch no socket, file or process; the harness is
+//! not a dependency of the product.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// The top-level modules, in the order `src/lib.rs` declares them: their layer.
+fn layers() -> Vec<String> {
+    let lib = std::fs::read_to_string(src().join("lib.rs")).expect("src/lib.rs");
+    lib.lines().filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';')).map(str::to_string).collect()
+}
+
+/// Every `.rs` file under `dir`, with its path relative to `src/`.
+fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let rel = path.strip_prefix(src()).expect("under src").to_string_lossy().into_owned();
+            out.push((rel, std::fs::read_to_string(&path).expect("read")));
+        }
+    }
+}
+
+/// The text before the file's unit tests (`#[cfg(test)]`): what the product compiles.
+fn product_part(text: &str) -> &str {
+    text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+}
+
+/// The top-level modules a file names as `crate::X` (in `use` lists too: `crate::{X, Y}`).
+fn crate_arrows(text: &str, names: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, _) in text.match_indices("crate::") {
+        let rest = &text[i + "crate::".len()..];
+        let heads: Vec<&str> = match rest.strip_prefix('{') {
+            Some(list) => list[..list.find('}').unwrap_or(list.len())]
+                .split(',')
+                .map(|s| s.trim().split("::").next().unwrap_or(""))
+                .collect(),
+            None => vec![rest.split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap_or("")],
+        };
+        for h in heads {
+            if names.iter().any(|n| n == h) && !found.iter().any(|f: &String| f == h) {
+                found.push(h.to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn each_layer_imports_only_the_layers_before_it() {
+    let names = layers();
+    assert!(names.len() >= 6, "src/lib.rs declares the layers: {names:?}");
+    let rank: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let mut files = Vec::new();
+    sources(&src(), &mut files);
+    let mut wrong = Vec::new();
+    for (rel, text) in &files {
+        let Some(own) = rel.split('/').next().map(|m| m.trim_end_matches(".rs")) else { continue };
+        let Some(&own_rank) = rank.get(own) else {
+            assert!(rel == "lib.rs" || rel == "main.rs", "{rel} is in no layer declared in src/lib.rs");
+            continue;
+        };
+        for to in crate_arrows(product_part(text), &names) {
+            if rank[to.as_str()] > own_rank {
+                wrong.push(format!("{rel} ({own}) imports {to}, a later layer"));
+            }
+        }
+        assert!(!text.contains("super::super::super"), "{rel} reaches out of its layer through super::");
+    }
+    assert!(wrong.is_empty(), "layer order is {names:?}:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_pure_layers_touch_no_socket_file_or_process() {
+    const PURE: &[&str] = &["wire", "policy", "timeline", "cache"];
+    const IO: &[&str] =
+        &["std::fs", "tokio::fs", "std::net::Tcp", "tokio::net", "std::os::unix::net", "std::process"];
+    let mut files = Vec::new();
+    sources(&src(), &mut files);
+    for (rel, text) in &files {
+        if PURE.iter().any(|p| rel.starts_with(&format!("{p}/")) || rel == &format!("{p}.rs")) {
+            for io in IO {
+                assert!(!product_part(text).contains(io), "{rel} is in a pure layer and uses {io}");
+            }
+        }
+    }
+    for p in PURE {
+        assert!(layers().iter().any(|l| l == p), "{p} is a layer of src/lib.rs");
+    }
+}
+
+#[test]
+fn the_check_sees_a_wrong_arrow() {
+    let names: Vec<String> = ["wire", "policy", "proxy"].map(String::from).to_vec();
+    assert_eq!(crate_arrows("use crate::proxy::Shared;", &names), ["proxy"]);
+    assert_eq!(crate_arrows("use crate::{policy::X, wire};", &names), ["policy", "wire"]);
+    assert_eq!(crate_arrows("let x = crate::proxies::y;", &names), Vec::<String>::new());
+    assert_eq!(product_part("use a;\n#[cfg(test)]\nuse crate::proxy;"), "use a;\n");
+}
+
+#[test]
+fn the_harness_is_not_a_dependency_of_the_product() {
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .expect("Cargo.toml");
+    let deps = manifest.split("[dependencies]").nth(1).expect("[dependencies]");
+    let deps = &deps[..deps.find("\n[").unwrap_or(deps.len())];
+    assert!(!deps.contains("ovn-nb-lab"), "the product depends on its harness:\n{deps}");
+    let mut files = Vec::new();
+    sources(&src(), &mut files);
+    for (rel, text) in &files {
+        assert!(!text.contains("ovn_nb_lab"), "{rel} names the harness");
+    }
+}

@@ -125,7 +125,7 @@ fn control_commands() -> String {
         ".SH CONTROL COMMANDS\n.PP\nThese commands are sent with \\fBovs\\-appctl \\-t\\fR to the \
          control socket (\\fB\\-\\-unixctl\\fR, or beside the \\fB\\-\\-pidfile\\fR):\n",
     );
-    for (cmd, synopsis, help) in crate::control::COMMANDS {
+    for crate::control::Command { name: cmd, synopsis, help, .. } in crate::control::COMMANDS {
         let head = if synopsis.is_empty() {
             format!("\\fB{}\\fR", esc(cmd))
         } else {
@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn every_control_command_is_in_the_page() {
         let s = control_commands();
-        for (cmd, _, _) in crate::control::COMMANDS {
+        for crate::control::Command { name: cmd, .. } in crate::control::COMMANDS {
             assert!(s.contains(&format!("\\fB{}\\fR", esc(cmd))), "{cmd}");
         }
     }

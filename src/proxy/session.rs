@@ -291,8 +291,8 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Tap for ClientTap<'_> {
     fn forward(&mut self, chunk: Chunk) -> Forward {
         let m = &self.shared.metrics;
-        m.messages_c2s.inc();
-        m.bytes_c2s.inc_by(chunk.bytes().len() as u64);
+        m.messages.c2s.inc();
+        m.bytes.c2s.inc_by(chunk.bytes().len() as u64);
         let Chunk::Message(raw) = chunk else { return Forward::Now(chunk.bytes().clone()) };
         if let Some(id) = cancelled_id(&raw) {
             if let Some(p) = locked(self.pending).remove(&id) {
@@ -415,9 +415,9 @@ impl Tap for ServerTap<'_> {
     fn forward(&mut self, chunk: Chunk) -> Forward {
         let m = &self.shared.metrics;
         if !matches!(chunk, Chunk::Partial(_)) {
-            m.messages_s2c.inc();
+            m.messages.s2c.inc();
         }
-        m.bytes_s2c.inc_by(chunk.bytes().len() as u64);
+        m.bytes.s2c.inc_by(chunk.bytes().len() as u64);
         let sent = match &chunk {
             Chunk::Message(raw) => {
                 let answered = fix_reply(raw, &mut locked(self.pending));

@@ -7,8 +7,7 @@
 //! (succeeded / failed / aborted, from the tags) → single chassis (SB shows one chassis again).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -17,162 +16,10 @@ use dashmap::DashMap;
 
 use crate::policy::{Cause, LspState, PolicyConfig, REQUESTED_CHASSIS};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
-    Tagged,
-    DestinationRequested,
-    DestinationBound,
-    Activated,
-    Finalized,
-    Succeeded,
-    Failed,
-    Aborted,
-    SingleChassis,
-}
+mod migration;
+mod render;
 
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Tagged => "tagged",
-            Stage::DestinationRequested => "destination-requested",
-            Stage::DestinationBound => "destination-bound",
-            Stage::Activated => "activated",
-            Stage::Finalized => "finalized-by-proxy",
-            Stage::Succeeded => "succeeded",
-            Stage::Failed => "failed",
-            Stage::Aborted => "aborted",
-            Stage::SingleChassis => "single-chassis",
-        }
-    }
-}
-
-/// How the NB tags read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    InProgress,
-    Succeeded,
-    Failed,
-    Aborted,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::InProgress => "in-progress",
-            Phase::Succeeded => "succeeded",
-            Phase::Failed => "failed",
-            Phase::Aborted => "aborted",
-        }
-    }
-}
-
-/// The Southbound `Port_Binding` of a port, chassis as names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Binding {
-    pub chassis: Option<String>,
-    pub additional_chassis: Vec<String>,
-    pub requested_chassis: Option<String>,
-    pub requested_additional_chassis: Vec<String>,
-    /// `options:additional-chassis-activated`, split on commas.
-    pub activated: Vec<String>,
-    pub up: Option<bool>,
-}
-
-/// Where the proxy learnt a migration's source chassis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceOrigin {
-    /// The source tag.
-    Tag,
-    /// The first entry of `requested-chassis` when the proxy first saw the destination.
-    RequestedChassis,
-    /// The chassis binding the port in the Southbound, other than the destination.
-    Southbound,
-}
-
-/// One migration of one port.
-#[derive(Debug, Clone)]
-pub struct Migration {
-    pub port: String,
-    pub source: Option<String>,
-    pub source_origin: Option<SourceOrigin>,
-    pub destination: String,
-    pub phase: Phase,
-    pub events: Vec<(Stage, SystemTime)>,
-    pub binding: Option<Binding>,
-    /// Position in the order migrations finished, while finished.
-    finished: Option<u64>,
-    /// A final state this migration reached (aborted, succeeded, failed) and that no row has
-    /// shown applied yet.
-    due: Option<Due>,
-}
-
-/// The options a finished migration must end with, due since the row's `requested-chassis`
-/// was `stale`: still due while a row of the port shows that same value (a fix that lost a
-/// race, or a resynchronisation, does not lose it); done, or overtaken by a writer, once a row
-/// shows another.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    pub stale: Option<String>,
-    pub requested_chassis: String,
-    pub cause: Cause,
-}
-
-impl Migration {
-    fn new(port: &str, destination: String, phase: Phase, binding: Option<Binding>) -> Migration {
-        Migration {
-            port: port.to_string(),
-            source: None,
-            source_origin: None,
-            destination,
-            phase,
-            events: Vec::new(),
-            binding,
-            finished: None,
-            due: None,
-        }
-    }
-
-    /// `src,dst`, the proxy's `requested-chassis` while this migration is in progress.
-    fn both(&self) -> Option<String> {
-        self.source.as_ref().map(|s| format!("{s},{}", self.destination))
-    }
-
-    fn reached(&self, stage: Stage) -> bool {
-        self.events.iter().any(|(s, _)| *s == stage)
-    }
-
-    fn mark(&mut self, stage: Stage, now: SystemTime) -> bool {
-        if self.reached(stage) {
-            return false;
-        }
-        self.events.push((stage, now));
-        true
-    }
-
-    pub fn started(&self) -> SystemTime {
-        self.events.first().map(|(_, t)| *t).unwrap_or(UNIX_EPOCH)
-    }
-
-    /// The latest SB-side state: `requested`, `bound`, `activated` or `-`.
-    pub fn sb_state(&self) -> &'static str {
-        [Stage::SingleChassis, Stage::Activated, Stage::DestinationBound, Stage::DestinationRequested]
-            .into_iter()
-            .find(|s| self.reached(*s))
-            .map(|s| match s {
-                Stage::SingleChassis => "single-chassis",
-                Stage::Activated => "activated",
-                Stage::DestinationBound => "bound",
-                _ => "requested",
-            })
-            .unwrap_or("-")
-    }
-
-    /// Time from the first event to `stage`, if reached.
-    pub fn elapsed_to(&self, stage: Stage) -> Option<Duration> {
-        let at = self.events.iter().find(|(s, _)| *s == stage)?.1;
-        at.duration_since(self.started()).ok()
-    }
-}
+pub use migration::{Binding, Due, Migration, Phase, SourceOrigin, Stage};
 
 /// What the tags of a row say about a migration, if anything.
 struct Tagged {
@@ -335,103 +182,124 @@ impl Timelines {
     pub fn observe_nb(&self, row: &LspState, cfg: &PolicyConfig, now: SystemTime) -> Vec<Stage> {
         let mut new = Vec::new();
         let rc = row.options.get(REQUESTED_CHASSIS).cloned();
-        let Some(t) = read_tags(row, cfg) else {
-            if let Some(mut m) = self.map.get_mut(&row.name) {
-                if m.phase == Phase::InProgress {
-                    self.set_phase(&mut m, Phase::Aborted);
-                    // Rolled back to the source, if the options are still the proxy's src,dst.
-                    let due =
-                        m.both().filter(|b| rc.as_ref() == Some(b)).zip(m.source.clone()).map(|(b, src)| {
-                            Due { stale: Some(b), requested_chassis: src, cause: Cause::Aborted }
-                        });
-                    self.set_due(&mut m, due);
-                    if m.mark(Stage::Aborted, now) {
-                        new.push(Stage::Aborted);
+        match read_tags(row, cfg) {
+            None => self.untagged(row, &rc, now, &mut new),
+            Some(t) => {
+                if self.begin(row, &t) {
+                    if let Some(mut m) = self.map.get_mut(&row.name) {
+                        self.advance(&mut m, &t, &rc, now, &mut new);
                     }
-                } else {
-                    self.settle(&mut m, &rc);
                 }
-            }
-            self.trim();
-            return new;
-        };
-        let restart = self.map.get(&row.name).map(|m| {
-            m.destination != t.destination || (m.phase != Phase::InProgress && t.phase == Phase::InProgress)
-        });
-        if restart != Some(false) {
-            // First sight of this migration (or a new migration of the same port). One first
-            // seen already finished is a leftover the proxy did not watch: nothing to record.
-            // A migration in progress moved to another destination keeps its source, unless
-            // the row says the source is gone (see `still_moving`).
-            let (binding, moved_from) = match (restart, self.map.get(&row.name)) {
-                (Some(true), Some(m)) => {
-                    let moved = (m.phase == Phase::InProgress && t.phase == Phase::InProgress)
-                        .then(|| m.source.clone().zip(m.source_origin))
-                        .flatten()
-                        .filter(|(source, origin)| still_moving(&t, source, *origin));
-                    (m.binding.clone(), moved)
-                }
-                _ => (None, None),
-            };
-            self.drop_entry(&row.name);
-            if t.phase != Phase::InProgress {
-                self.trim();
-                return new;
-            }
-            let mut m = Migration::new(&row.name, t.destination.clone(), Phase::Aborted, binding);
-            if let Some((source, origin)) = moved_from {
-                m.source = Some(source);
-                m.source_origin = Some(origin);
-            }
-            self.map.insert(row.name.clone(), m);
-        }
-        if let Some(mut m) = self.map.get_mut(&row.name) {
-            let m = &mut *m;
-            if m.events.is_empty() {
-                // A fresh entry: counted as in progress from here.
-                self.set_phase(m, Phase::InProgress);
-            }
-            match (&t.source_tag, &t.first_requested) {
-                (Some(tag), _) if m.source.as_ref() != Some(tag) => {
-                    self.set_source(m, tag.clone(), SourceOrigin::Tag)
-                }
-                (None, Some(rc)) if m.source.is_none() => {
-                    self.set_source(m, rc.clone(), SourceOrigin::RequestedChassis)
-                }
-                _ => {}
-            }
-            if m.mark(Stage::Tagged, now) {
-                new.push(Stage::Tagged);
-            }
-            let final_rc = match t.phase {
-                Phase::Succeeded => Some((t.destination.clone(), Cause::Succeeded)),
-                Phase::Failed => m.source.clone().map(|s| (s, Cause::Failed)),
-                _ => None,
-            };
-            match final_rc {
-                // Finished by this row: the final options are due unless the row has them.
-                Some((f, cause)) if m.phase == Phase::InProgress => {
-                    let due = (rc.as_ref() != Some(&f)).then(|| Due {
-                        stale: rc.clone(),
-                        requested_chassis: f,
-                        cause,
-                    });
-                    self.set_due(m, due);
-                }
-                _ => self.settle(m, &rc),
-            }
-            self.set_phase(m, t.phase);
-            let stage = match t.phase {
-                Phase::Succeeded => Some(Stage::Succeeded),
-                Phase::Failed => Some(Stage::Failed),
-                _ => None,
-            };
-            if let Some(s) = stage.filter(|s| m.mark(*s, now)) {
-                new.push(s);
             }
         }
         self.trim();
         new
+    }
+
+    /// The row carries no destination: a migration in progress is aborted (rolled back to the
+    /// source, if the options are still the proxy's `src,dst`).
+    fn untagged(&self, row: &LspState, rc: &Option<String>, now: SystemTime, new: &mut Vec<Stage>) {
+        let Some(mut m) = self.map.get_mut(&row.name) else { return };
+        if m.phase == Phase::InProgress {
+            self.set_phase(&mut m, Phase::Aborted);
+            let due = m.both().filter(|b| rc.as_ref() == Some(b)).zip(m.source.clone()).map(|(b, src)| Due {
+                stale: Some(b),
+                requested_chassis: src,
+                cause: Cause::Aborted,
+            });
+            self.set_due(&mut m, due);
+            if m.mark(Stage::Aborted, now) {
+                new.push(Stage::Aborted);
+            }
+        } else {
+            self.settle(&mut m, rc);
+        }
+    }
+
+    /// Makes sure the port has the entry of the migration its tags name; false when there is
+    /// none to follow. First sight of this migration (or a new migration of the same port):
+    /// one first seen already finished is a leftover the proxy did not watch, nothing to
+    /// record. A migration in progress moved to another destination keeps its source, unless
+    /// the row says the source is gone (see `still_moving`).
+    fn begin(&self, row: &LspState, t: &Tagged) -> bool {
+        let restart = self.map.get(&row.name).map(|m| {
+            m.destination != t.destination || (m.phase != Phase::InProgress && t.phase == Phase::InProgress)
+        });
+        if restart == Some(false) {
+            return true;
+        }
+        let (binding, moved_from) = match (restart, self.map.get(&row.name)) {
+            (Some(true), Some(m)) => {
+                let moved = (m.phase == Phase::InProgress && t.phase == Phase::InProgress)
+                    .then(|| m.source.clone().zip(m.source_origin))
+                    .flatten()
+                    .filter(|(source, origin)| still_moving(t, source, *origin));
+                (m.binding.clone(), moved)
+            }
+            _ => (None, None),
+        };
+        self.drop_entry(&row.name);
+        if t.phase != Phase::InProgress {
+            return false;
+        }
+        let mut m = Migration::new(&row.name, t.destination.clone(), Phase::Aborted, binding);
+        if let Some((source, origin)) = moved_from {
+            m.source = Some(source);
+            m.source_origin = Some(origin);
+        }
+        self.map.insert(row.name.clone(), m);
+        true
+    }
+
+    /// Moves a followed migration on with what its row's tags say: its source, its phase, the
+    /// final options due when this row finished it.
+    fn advance(
+        &self,
+        m: &mut Migration,
+        t: &Tagged,
+        rc: &Option<String>,
+        now: SystemTime,
+        new: &mut Vec<Stage>,
+    ) {
+        if m.events.is_empty() {
+            // A fresh entry: counted as in progress from here.
+            self.set_phase(m, Phase::InProgress);
+        }
+        match (&t.source_tag, &t.first_requested) {
+            (Some(tag), _) if m.source.as_ref() != Some(tag) => {
+                self.set_source(m, tag.clone(), SourceOrigin::Tag)
+            }
+            (None, Some(rc)) if m.source.is_none() => {
+                self.set_source(m, rc.clone(), SourceOrigin::RequestedChassis)
+            }
+            _ => {}
+        }
+        if m.mark(Stage::Tagged, now) {
+            new.push(Stage::Tagged);
+        }
+        let final_rc = match t.phase {
+            Phase::Succeeded => Some((t.destination.clone(), Cause::Succeeded)),
+            Phase::Failed => m.source.clone().map(|s| (s, Cause::Failed)),
+            _ => None,
+        };
+        match final_rc {
+            // Finished by this row: the final options are due unless the row has them.
+            Some((f, cause)) if m.phase == Phase::InProgress => {
+                let due =
+                    (rc.as_ref() != Some(&f)).then(|| Due { stale: rc.clone(), requested_chassis: f, cause });
+                self.set_due(m, due);
+            }
+            _ => self.settle(m, rc),
+        }
+        self.set_phase(m, t.phase);
+        let stage = match t.phase {
+            Phase::Succeeded => Some(Stage::Succeeded),
+            Phase::Failed => Some(Stage::Failed),
+            _ => None,
+        };
+        if let Some(s) = stage.filter(|s| m.mark(*s, now)) {
+            new.push(s);
+        }
     }
 
     /// Records a port's SB binding. `aliases` maps chassis hostnames to chassis names (a tag
@@ -616,86 +484,12 @@ impl Timelines {
             }
         }
     }
-
-    /// `migrations/list`: one line per migration.
-    pub fn render_list(&self, now: SystemTime) -> String {
-        let mut out = String::new();
-        let all = self.all();
-        if all.is_empty() {
-            return "no migrations\n".into();
-        }
-        let _ = writeln!(
-            out,
-            "{:<24} {:<12} {:<12} {:<12} {:<15} age",
-            "port", "source", "destination", "phase", "sb"
-        );
-        for m in all.values() {
-            let age = now.duration_since(m.started()).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{:<24} {:<12} {:<12} {:<12} {:<15} {:.1}s",
-                m.port,
-                m.source.as_deref().unwrap_or("unknown"),
-                m.destination,
-                m.phase.as_str(),
-                m.sb_state(),
-                age.as_secs_f64()
-            );
-        }
-        out
-    }
-
-    /// `migrations/show PORT`: the timeline of one port.
-    pub fn render_show(&self, port: &str) -> Option<String> {
-        let m = self.get(port)?;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "port {}: {} → {} ({})",
-            m.port,
-            m.source.as_deref().unwrap_or("unknown"),
-            m.destination,
-            m.phase.as_str()
-        );
-        let origin = match m.source_origin {
-            Some(SourceOrigin::Tag) => "the source tag",
-            Some(SourceOrigin::RequestedChassis) => "requested-chassis when the destination first appeared",
-            Some(SourceOrigin::Southbound) => "the Southbound binding",
-            None => "nowhere: no source tag, no requested-chassis, no Southbound binding elsewhere",
-        };
-        let _ = writeln!(out, "  source from {origin}");
-        let start = m.started();
-        for (stage, at) in &m.events {
-            let since = at.duration_since(start).unwrap_or_default();
-            let wall = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  +{:>9.1} ms  {:<22} (unix {}.{:03})",
-                since.as_secs_f64() * 1000.0,
-                stage.as_str(),
-                wall.as_secs(),
-                wall.subsec_millis()
-            );
-        }
-        if let Some(b) = &m.binding {
-            let _ = writeln!(
-                out,
-                "  sb: chassis={} additional={:?} requested={} requested-additional={:?} activated={:?} up={}",
-                b.chassis.as_deref().unwrap_or("-"),
-                b.additional_chassis,
-                b.requested_chassis.as_deref().unwrap_or("-"),
-                b.requested_additional_chassis,
-                b.activated,
-                b.up.map(|u| u.to_string()).unwrap_or_else(|| "-".into())
-            );
-        }
-        Some(out)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn row(ext: &[(&str, &str)], rc: &str) -> LspState {
         let mut r = LspState { uuid: "u".into(), name: "vm1".into(), ..Default::default() };

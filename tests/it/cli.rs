@@ -101,7 +101,7 @@ fn the_man_page_and_completion_cover_every_flag_and_control_command() {
         assert!(page.contains(flag), "{flag} is not in the man page");
         assert!(bash.contains(flag), "{flag} is not in the completion");
     }
-    for (cmd, _, _) in ovn_nb_proxy::control::COMMANDS {
+    for ovn_nb_proxy::control::Command { name: cmd, .. } in ovn_nb_proxy::control::COMMANDS {
         assert!(page.contains(cmd), "control command {cmd} is not in the man page");
     }
     for section in ["CONTRACT", "CONTROL COMMANDS", "SIGNALS", "FILES"] {

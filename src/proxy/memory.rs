@@ -22,13 +22,6 @@ pub fn note(len: usize) {
     }
 }
 
-/// A read buffer that grew to hold a big message goes back to `base` bytes once it is empty.
-pub fn shrink(buf: &mut bytes::BytesMut, base: usize) {
-    if buf.is_empty() && buf.capacity() > 4 * base {
-        *buf = bytes::BytesMut::with_capacity(base);
-    }
-}
-
 /// Gives memory back once each burst of big messages is over, until `shutdown`; counts each
 /// time in `trims`.
 pub async fn give_back_after_bursts(

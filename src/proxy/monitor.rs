@@ -10,9 +10,9 @@
 //! * one `_Server` watch per member of a cluster.
 //!
 //! **Invariant: no connection of ours waits on a peer that waits on us.** Each connection reads
-//! while it writes (the writer is a task of its own, fed by a queue), so the server's replies
-//! are always drained and ovsdb-server (which stops reading a client with unsent replies) never
-//! stops reading us. What we queue is bounded: echo replies, our probe, and at most
+//! while it writes (the [client](crate::net::client)'s writer is fed by a queue and polled with
+//! every read), so the server's replies are always drained and ovsdb-server (which stops
+//! reading a client with unsent replies) never stops reading us. What we queue is bounded: echo replies, our probe, and at most
 //! `IN_FLIGHT` reconcile transactions.
 //!
 //! **Invariant: a silent server is noticed.** With nothing received for `--inactivity-probe`,
@@ -21,15 +21,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -38,32 +35,19 @@ use super::reconciler::{Answer, Reconciler};
 use super::upstream::{Pick, Upstreams};
 use super::Shared;
 use crate::cache::{sb, SbCache, Touched, COLUMNS};
+use crate::net::client::{Client, ClientError, Incoming, Origin};
 use crate::net::dial::BoxIo;
 use crate::policy::{Pre, LSP_TABLE, NB_DB};
 use crate::timeline::Stage;
-use crate::wire::{Envelope, FrameCodec};
-
-/// The id of the monitor request on each of our connections; our own requests count from 1.
-const MONITOR_REQ_ID: u64 = 0;
-/// The id of our own echo probe (not `"echo"`: never confused with the server's).
-const PROBE_ID: &str = "ovn-nb-proxy-probe";
-/// The monitor connection's read buffer, kept between messages.
-const READ_BUF: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum MonitorError {
-    #[error("upstream: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("upstream framing: {0}")]
-    Frame(#[from] crate::wire::FrameError),
-    #[error("upstream closed the connection")]
-    Closed,
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("monitor request refused: {0}")]
     Refused(String),
     #[error("{0}")]
     BadUpdate(String),
-    #[error("nothing received from the database for {0:?}, not even a reply to the proxy's echo")]
-    Stalled(Duration),
 }
 
 impl From<crate::cache::BadUpdate> for MonitorError {
@@ -179,8 +163,8 @@ async fn run<H: Handler>(
     }
 }
 
-/// One monitor connection: a writer task fed by a queue, and the reader, which handles what
-/// comes and never waits on a write.
+/// One monitor connection: its `monitor_cond`, then every message handed to the handler as it
+/// comes, and the requests the handler asks for sent (the client never waits on a write).
 async fn session<H: Handler>(
     io: BoxIo,
     h: &mut H,
@@ -188,118 +172,69 @@ async fn session<H: Handler>(
     probe: Duration,
     shared: &Shared,
 ) -> Result<(), MonitorError> {
-    let (mut r, mut w) = tokio::io::split(io);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = async move {
-        let mut out = Vec::new();
-        while let Some(first) = rx.recv().await {
-            out.clear();
-            out.extend_from_slice(&first);
-            while out.len() < READ_BUF {
-                let Ok(more) = rx.try_recv() else { break };
-                out.extend_from_slice(&more);
-            }
-            w.write_all(&out).await?;
-        }
-        Ok::<(), std::io::Error>(())
-    };
-    let reader = async {
-        let send = |msg: &Value| {
-            let _ = tx.send(msg.to_string().into_bytes());
-        };
-        send(&json!({"method": "monitor_cond", "params": h.monitor_params(), "id": MONITOR_REQ_ID}));
-        let mut codec = FrameCodec::new(usize::MAX);
-        let mut buf = BytesMut::with_capacity(READ_BUF);
-        let mut next_id = MONITOR_REQ_ID + 1;
-        let mut sent: HashMap<u64, Token> = HashMap::new();
-        let mut synced = false;
-        let mut heard = Instant::now();
-        let mut probing = false;
-        let mut tick = tokio::time::interval(probe / 2);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let mut out = Vec::new();
-            tokio::select! {
-                biased;
-                n = r.read_buf(&mut buf) => {
-                    if n? == 0 {
-                        return Err(MonitorError::Closed);
-                    }
-                    heard = Instant::now();
-                    probing = false;
-                    while let Some(chunk) = codec.decode(&mut buf)? {
-                        crate::proxy::memory::note(chunk.bytes().len());
-                        // Only the envelope is parsed here; each handler reads its updates its own way.
-                        let Ok(msg) = Envelope::parse(chunk.bytes()) else { continue };
-                        let id = msg.id.filter(|id| id.get() != "null");
-                        match msg.method.as_deref() {
-                            // The server's inactivity probe: answer it, or it drops us.
-                            Some("echo") if let Some(id) = id => {
-                                let params = msg.params.map_or("[]", |r| r.get());
-                                let reply = format!(r#"{{"id":{},"result":{params},"error":null}}"#, id.get());
-                                let _ = tx.send(reply.into_bytes());
-                            }
-                            Some("update2") => {
-                                // params: [<monitor-id>, <table-updates2>]
-                                let updates = msg.params.and_then(|p| {
-                                    serde_json::from_str::<(IgnoredAny, &RawValue)>(p.get()).ok()
-                                });
-                                if let Some((_, u)) = updates {
-                                    out.extend(h.update(u)?);
-                                }
-                            }
-                            Some(method) => {
-                                let params = msg.params.map(value).transpose()?.unwrap_or_else(|| json!([]));
-                                out.extend(h.notification(method, &params));
-                            }
-                            None => {
-                                let n = id.and_then(|id| id.get().parse::<u64>().ok());
-                                if n == Some(MONITOR_REQ_ID) {
-                                    if let Some(err) = msg.error.filter(|e| e.get() != "null") {
-                                        return Err(MonitorError::Refused(err.get().to_string()));
-                                    }
-                                    synced = true;
-                                    let result =
-                                        msg.result.ok_or_else(|| MonitorError::Refused("a reply without a result".into()))?;
-                                    out.extend(h.initial(result)?);
-                                } else if let Some(token) = n.and_then(|n| sent.remove(&n)) {
-                                    let Ok(reply) = serde_json::from_slice::<Value>(chunk.bytes()) else { continue };
-                                    out.extend(h.reply(token, &reply));
-                                }
-                                // Anything else (our probe's reply) only counted as a sign of life.
-                            }
-                        }
-                    }
-                }
-                Some(p) = pokes.recv(), if synced => out.extend(h.poke(p)),
-                _ = tick.tick() => {
-                    let idle = heard.elapsed();
-                    if idle >= 2 * probe {
+    let mut conn = Client::new(io, Some(probe));
+    let monitor = conn.request("monitor_cond", &h.monitor_params());
+    let mut sent: HashMap<u64, Token> = HashMap::new();
+    let mut synced = false;
+    loop {
+        let out = tokio::select! {
+            biased;
+            m = conn.next(|m| handle(h, m, monitor, &mut sent, &mut synced)) => match m {
+                Ok(out) => out?,
+                Err(e) => {
+                    if matches!(e, ClientError::Stalled(_)) {
                         shared.metrics.monitor_stalls.inc();
-                        return Err(MonitorError::Stalled(idle));
                     }
-                    if idle >= probe && !probing {
-                        probing = true;
-                        send(&json!({"method": "echo", "params": [], "id": PROBE_ID}));
-                    }
+                    return Err(e.into());
                 }
-            }
-            // The buffer grew to hold a big message (the initial reply): give the memory back.
-            crate::proxy::memory::shrink(&mut buf, READ_BUF);
-            for req in out {
-                let id = next_id;
-                next_id += 1;
-                sent.insert(id, req.token);
-                send(&json!({"method": req.method, "params": req.params, "id": id}));
+            },
+            Some(p) = pokes.recv(), if synced => h.poke(p),
+        };
+        for req in out {
+            let id = conn.request(req.method, &req.params);
+            sent.insert(id, req.token);
+        }
+    }
+}
+
+/// What one message means to the handler: the requests it asks for.
+fn handle<H: Handler>(
+    h: &mut H,
+    m: Incoming<'_>,
+    monitor: u64,
+    sent: &mut HashMap<u64, Token>,
+    synced: &mut bool,
+) -> Result<Vec<Req>, MonitorError> {
+    crate::proxy::memory::note(m.bytes.len());
+    let msg = m.envelope;
+    match (m.origin, msg.method.as_deref()) {
+        (Origin::Server, Some("update2")) => {
+            // params: [<monitor-id>, <table-updates2>]; each handler reads its updates its own way.
+            let updates =
+                msg.params.and_then(|p| serde_json::from_str::<(IgnoredAny, &RawValue)>(p.get()).ok());
+            match updates {
+                Some((_, u)) => h.update(u),
+                None => Ok(Vec::new()),
             }
         }
-    };
-    tokio::select! {
-        r = reader => r,
-        w = writer => match w {
-            Ok(()) => Err(MonitorError::Closed),
-            Err(e) => Err(e.into()),
+        (Origin::Server, Some(method)) => {
+            let params = msg.params.map(value).transpose()?.unwrap_or_else(|| json!([]));
+            Ok(h.notification(method, &params))
+        }
+        (Origin::Reply(n), _) if n == monitor => {
+            if let Some(err) = msg.error.filter(|e| e.get() != "null") {
+                return Err(MonitorError::Refused(err.get().to_string()));
+            }
+            *synced = true;
+            let result =
+                msg.result.ok_or_else(|| MonitorError::Refused("a reply without a result".into()))?;
+            h.initial(result)
+        }
+        (Origin::Reply(n), _) => match (sent.remove(&n), serde_json::from_slice::<Value>(m.bytes)) {
+            (Some(token), Ok(reply)) => Ok(h.reply(token, &reply)),
+            _ => Ok(Vec::new()),
         },
+        _ => Ok(Vec::new()),
     }
 }
 

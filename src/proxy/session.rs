@@ -254,7 +254,7 @@ where
         };
         write_chunks(&mut w, &mut out).await.map_err(dir.write)?;
         decoded?;
-        crate::proxy::memory::shrink(&mut buf, READ_BUF);
+        crate::wire::shrink(&mut buf, READ_BUF);
         if eof {
             w.shutdown().await.map_err(dir.write)?;
             return Ok(());

@@ -35,6 +35,13 @@ impl Chunk {
     }
 }
 
+/// A read buffer that grew to hold a big message goes back to `base` bytes once it is empty.
+pub fn shrink(buf: &mut bytes::BytesMut, base: usize) {
+    if buf.is_empty() && buf.capacity() > 4 * base {
+        *buf = bytes::BytesMut::with_capacity(base);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error(transparent)]

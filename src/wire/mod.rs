@@ -8,6 +8,6 @@ mod codec;
 mod message;
 mod scan;
 
-pub use codec::{Chunk, FrameCodec, FrameError, DEFAULT_MAX_FRAME};
+pub use codec::{shrink, Chunk, FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 pub use message::{id_key, Envelope, EnvelopeError, Kind};
 pub use scan::{ScanError, Scanner};

@@ -39,6 +39,37 @@ struct Cli {
     log_file: Option<std::path::PathBuf>,
 }
 
+/// The SSL files, as OVS daemons take them.
+#[derive(Args, Clone, Default)]
+struct TlsArgs {
+    /// PEM private key for SSL (pssl: listeners, ssl: upstreams).
+    #[arg(short = 'p', long, value_name = "FILE")]
+    private_key: Option<std::path::PathBuf>,
+    /// PEM certificate for SSL, signed by the CA.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    certificate: Option<std::path::PathBuf>,
+    /// PEM CA certificate: clients must present a certificate it signed; upstreams are checked against it.
+    #[arg(short = 'C', long, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The certificates, if given; `wanted`: an ssl: remote needs them.
+    fn load(&self, wanted: bool) -> Result<Option<Arc<ovn_nb_proxy::net::tls::Tls>>> {
+        match (&self.private_key, &self.certificate, &self.ca_cert) {
+            (Some(p), Some(c), Some(ca)) => {
+                Ok(Some(Arc::new(ovn_nb_proxy::net::tls::Tls::load(ovn_nb_proxy::net::tls::TlsFiles {
+                    private_key: p.clone(),
+                    certificate: c.clone(),
+                    ca_cert: ca.clone(),
+                })?)))
+            }
+            (None, None, None) if !wanted => Ok(None),
+            _ => bail!("SSL needs all of --private-key (-p), --certificate (-c) and --ca-cert (-C)"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -53,9 +84,11 @@ enum Command {
     Replay {
         /// The transcript: one session's file, or several concatenated (replayed in order).
         file: std::path::PathBuf,
-        /// The database: unix:PATH or tcp:HOST:PORT, comma-separated, tried in order.
+        /// The database: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT, comma-separated, tried in order.
         #[arg(long, value_name = "REMOTE[,REMOTE...]")]
         upstream: String,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Validate a policy config file (unknown keys are errors); exit non-zero naming the problem.
     CheckConfig {
@@ -126,15 +159,8 @@ struct RunArgs {
     /// Seconds open sessions may run on after SIGTERM before they are closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     drain_grace: u64,
-    /// PEM private key for SSL (pssl: listeners, ssl: upstreams).
-    #[arg(short = 'p', long, value_name = "FILE")]
-    private_key: Option<std::path::PathBuf>,
-    /// PEM certificate for SSL, signed by the CA.
-    #[arg(short = 'c', long, value_name = "FILE")]
-    certificate: Option<std::path::PathBuf>,
-    /// PEM CA certificate: clients must present a certificate it signed; upstreams are checked against it.
-    #[arg(short = 'C', long, value_name = "FILE")]
-    ca_cert: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Where client sessions go in a cluster: `leader` (default), or `first` for a sidecar
     /// that fronts its local member (the first --upstream) while following the leader itself.
     #[arg(long, value_name = "leader|first", default_value = "leader")]
@@ -270,17 +296,7 @@ fn config(args: &RunArgs) -> Result<Config> {
     // After --sb-db: any ssl: remote needs the three files.
     let wants_tls =
         cfg.listen.iter().any(|l| l.is_ssl()) || cfg.upstreams.iter().chain(&cfg.sb).any(|u| u.is_ssl());
-    cfg.tls = match (&args.private_key, &args.certificate, &args.ca_cert) {
-        (Some(p), Some(c), Some(ca)) => {
-            Some(Arc::new(ovn_nb_proxy::net::tls::Tls::load(ovn_nb_proxy::net::tls::TlsFiles {
-                private_key: p.clone(),
-                certificate: c.clone(),
-                ca_cert: ca.clone(),
-            })?))
-        }
-        (None, None, None) if !wants_tls => None,
-        _ => bail!("SSL needs all of --private-key (-p), --certificate (-c) and --ca-cert (-C)"),
-    };
+    cfg.tls = args.tls.load(wants_tls)?;
     Ok(cfg)
 }
 
@@ -348,18 +364,21 @@ async fn run(cli: Cli) -> Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
     match cli.command {
-        Some(Command::Replay { file, upstream }) => {
-            let replayed = match parse_upstreams(&upstream) {
-                Ok(upstreams) => {
+        Some(Command::Replay { file, upstream, tls }) => {
+            let replayed = match parse_upstreams(&upstream).map_err(anyhow::Error::from).and_then(|u| {
+                let tls = tls.load(u.iter().any(|r| r.is_ssl())).context("replay")?;
+                Ok((u, tls))
+            }) {
+                Ok((upstreams, tls)) => {
                     let task = tokio::task::spawn_blocking(move || {
-                        ovn_nb_proxy::transcript::replay::run(&file, &upstreams)
+                        ovn_nb_proxy::transcript::replay::run(&file, &upstreams, tls.as_deref())
                     });
                     match task.await {
                         Ok(r) => r.map_err(anyhow::Error::from),
                         Err(e) => Err(anyhow::Error::from(e).context("replay task")),
                     }
                 }
-                Err(e) => Err(anyhow::Error::from(e).context("--upstream")),
+                Err(e) => Err(e.context("--upstream")),
             };
             match replayed {
                 Ok(report) => {

@@ -200,3 +200,38 @@ fn bad_tls_files_are_refused_at_start_with_the_reason() {
         .expect("run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("SSL needs all of"));
 }
+
+/// `replay` reaches a database over SSL (the one OVSDB client, with the proxy's TLS): the
+/// ovn-nbctl fixture replays green against an `ssl:` remote, and without certificates it says
+/// what is missing and exits 2.
+#[test]
+fn a_transcript_replays_green_over_ssl() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki::init(&dir.path().join("ca")).expect("ovs-pki init");
+    let (server, client) = (pki.issue("server").expect("server"), pki.issue("client").expect("client"));
+    std::fs::create_dir_all(dir.path().join("nb")).expect("mkdir");
+    let nb = ovn_nb_lab::sandbox::NbServer::start_ssl(&dir.path().join("nb"), &server, &pki.ca_cert())
+        .expect("NB over SSL");
+    ovn_nbctl(&nb.unix_remote(), &["init"]).expect("init");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/transcripts/ovn-nbctl.jsonl");
+    let replay = |tls: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_ovn-nb-proxy"))
+            .arg("replay")
+            .arg(&fixture)
+            .args(["--upstream", &nb.ssl_remote()])
+            .args(tls)
+            .output()
+            .expect("run replay")
+    };
+    let out = replay(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("SSL needs all of --private-key"), "{stderr}");
+    let out = replay(&tls_args(&client, &pki.ca_cert()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all equal"),
+        "replay over SSL: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

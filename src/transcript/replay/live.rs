@@ -1,85 +1,41 @@
-//! The connection to the database (blocking std sockets): what arrives sorted into replies by
-//! id and notifications in order, the server's echo probes answered.
+//! The connection to the database (the one OVSDB client, driven from this thread on a runtime
+//! of its own): what arrives sorted into replies by id and notifications in order; the
+//! client answers the server's echo probes.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use serde_json::{json, Value};
-use tokio_util::codec::Decoder;
 
 use super::parse::{id_text, nonnull_id};
 use super::ReplayError;
+use crate::net::client::{Client, ClientError};
 use crate::net::remote::Active;
-use crate::wire::FrameCodec;
+use crate::net::tls::Tls;
 
 /// How long a reply (or the barrier behind an awaited notification) may take.
 pub(super) const WAIT: Duration = Duration::from_secs(10);
 
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn set_read_timeout(&self, d: Duration) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(Some(d)),
-            Stream::Tcp(s) => s.set_read_timeout(Some(d)),
-        }
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.write_all(buf),
-            Stream::Tcp(s) => s.write_all(buf),
-        }
-    }
-}
-
 /// One connection to the database: what arrived, sorted into replies by id and notifications
 /// in order. The server's echo probes are answered as they arrive.
 pub(super) struct Live {
-    stream: Stream,
-    codec: FrameCodec,
-    buf: BytesMut,
+    runtime: tokio::runtime::Runtime,
+    client: Client,
     replies: HashMap<String, VecDeque<Value>>,
     notes: VecDeque<Value>,
     barriers: u64,
 }
 
 impl Live {
-    pub(super) fn connect(upstreams: &[Active]) -> Result<Live, ReplayError> {
+    pub(super) fn connect(upstreams: &[Active], tls: Option<&Tls>) -> Result<Live, ReplayError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut last = ReplayError::NoUpstream;
         for remote in upstreams {
-            let stream = match remote {
-                Active::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
-                Active::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).map(|s| {
-                    let _ = s.set_nodelay(true);
-                    Stream::Tcp(s)
-                }),
-                // Replay speaks plain unix or TCP; point it at a plain listener of the database.
-                Active::Ssl { .. } => Err(std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "replay does not speak SSL: use a unix: or tcp: remote of the database",
-                )),
-            };
-            match stream {
-                Ok(stream) => {
+            match runtime.block_on(Client::connect(remote, tls, None)) {
+                Ok(client) => {
                     return Ok(Live {
-                        stream,
-                        codec: FrameCodec::new(usize::MAX),
-                        buf: BytesMut::new(),
+                        runtime,
+                        client,
                         replies: HashMap::new(),
                         notes: VecDeque::new(),
                         barriers: 0,
@@ -91,46 +47,37 @@ impl Live {
         Err(last)
     }
 
+    /// Queues `bytes` for the server (a failed connection shows at the next read).
     pub(super) fn send(&mut self, bytes: &[u8]) -> Result<(), ReplayError> {
-        self.stream.write_all(bytes).map_err(|e| match e.kind() {
-            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => ReplayError::Closed,
-            _ => ReplayError::Io(e),
-        })
+        self.client.send_raw(bytes.to_vec());
+        Ok(())
     }
 
-    /// Reads once, waiting until `deadline` at most; false if nothing came in time.
+    /// Reads one message, waiting until `deadline` at most; false if nothing came in time.
     fn read_some(&mut self, deadline: Instant) -> Result<bool, ReplayError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(false);
         }
-        self.stream.set_read_timeout(left)?;
-        let mut tmp = vec![0u8; 64 * 1024];
-        let n = match self.stream.read(&mut tmp) {
-            Ok(0) => return Err(ReplayError::Closed),
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(true),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Err(ReplayError::Closed),
-            Err(e) => return Err(e.into()),
-        };
-        self.buf.extend_from_slice(&tmp[..n]);
-        while let Some(chunk) = self.codec.decode(&mut self.buf)? {
-            let msg: Value = serde_json::from_slice(chunk.bytes())?;
-            self.sort(msg)?;
+        let next = self.client.next(|m| serde_json::from_slice::<Value>(m.bytes));
+        match self.runtime.block_on(tokio::time::timeout(left, next)) {
+            Err(_) => Ok(false),
+            Ok(Ok(msg)) => {
+                self.sort(msg?);
+                Ok(true)
+            }
+            Ok(Err(ClientError::Closed)) => Err(ReplayError::Closed),
+            Ok(Err(ClientError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                Err(ReplayError::Closed)
+            }
+            Ok(Err(e)) => Err(e.into()),
         }
-        Ok(true)
     }
 
-    fn sort(&mut self, msg: Value) -> Result<(), ReplayError> {
+    fn sort(&mut self, msg: Value) {
         let method = msg.get("method").and_then(Value::as_str);
         match (method, nonnull_id(&msg)) {
-            (Some("echo"), Some(id)) => {
-                let params = msg.get("params").cloned().unwrap_or_else(|| json!([]));
-                let answer = json!({"id": id, "result": params, "error": null});
-                self.send(answer.to_string().as_bytes())?;
-            }
-            // OVSDB servers make no other requests; nothing to answer.
+            // OVSDB servers make no requests but echo (answered by the client); nothing to answer.
             (Some(_), Some(_)) => {}
             (Some(_), None) => self.notes.push_back(msg),
             (None, Some(id)) => {
@@ -139,7 +86,6 @@ impl Live {
             }
             (None, None) => {}
         }
-        Ok(())
     }
 
     /// The reply to the request with canonical id `id`; `None` if it did not come in time.

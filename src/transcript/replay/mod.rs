@@ -29,6 +29,7 @@ mod uuids;
 use std::path::{Path, PathBuf};
 
 use crate::net::remote::Active;
+use crate::net::tls::Tls;
 use session::replay_session;
 
 pub use compare::{compare_notification, compare_reply, Diff};
@@ -50,26 +51,27 @@ pub enum ReplayError {
     Connect { remote: String, source: std::io::Error },
     #[error("upstream I/O")]
     Io(#[from] std::io::Error),
-    #[error("upstream framing")]
-    Frame(#[from] crate::wire::FrameError),
+    #[error("upstream")]
+    Client(#[from] crate::net::client::ClientError),
     #[error("upstream sent a message that is not JSON")]
     Json(#[from] serde_json::Error),
     #[error("upstream closed the connection")]
     Closed,
 }
 
-/// Replays the transcript in `file` against the first reachable of `upstreams`.
-pub fn run(file: &Path, upstreams: &[Active]) -> Result<Report, ReplayError> {
+/// Replays the transcript in `file` against the first reachable of `upstreams` (`tls` for an
+/// `ssl:` one).
+pub fn run(file: &Path, upstreams: &[Active], tls: Option<&Tls>) -> Result<Report, ReplayError> {
     let text = std::fs::read_to_string(file)
         .map_err(|source| ReplayError::Read { path: file.to_path_buf(), source })?;
     let transcript = parse_transcript(&text)?;
-    let mut report = replay(&transcript, upstreams)?;
+    let mut report = replay(&transcript, upstreams, tls)?;
     report.file = file.display().to_string();
     Ok(report)
 }
 
 /// Replays every session of `t`, in order, sharing one uuid pairing.
-pub fn replay(t: &Transcript, upstreams: &[Active]) -> Result<Report, ReplayError> {
+pub fn replay(t: &Transcript, upstreams: &[Active], tls: Option<&Tls>) -> Result<Report, ReplayError> {
     let mut report = Report {
         upstream: upstreams.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         sessions: t.sessions.len(),
@@ -77,7 +79,7 @@ pub fn replay(t: &Transcript, upstreams: &[Active]) -> Result<Report, ReplayErro
     };
     let mut map = UuidMap::default();
     for (i, s) in t.sessions.iter().enumerate() {
-        replay_session(i + 1, s, upstreams, &mut map, &mut report)?;
+        replay_session(i + 1, s, upstreams, tls, &mut map, &mut report)?;
     }
     Ok(report)
 }

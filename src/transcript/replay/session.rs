@@ -12,6 +12,7 @@ use super::report::{abridge, Mismatch, Report};
 use super::uuids::UuidMap;
 use super::ReplayError;
 use crate::net::remote::Active;
+use crate::net::tls::Tls;
 
 fn describe(msg: &Value) -> String {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("?");
@@ -48,10 +49,11 @@ pub(super) fn replay_session(
     number: usize,
     s: &Session,
     upstreams: &[Active],
+    tls: Option<&Tls>,
     map: &mut UuidMap,
     report: &mut Report,
 ) -> Result<(), ReplayError> {
-    let live = Live::connect(upstreams)?;
+    let live = Live::connect(upstreams, tls)?;
     let mut r = Replaying { number, live, sent: HashMap::new(), map, report };
     for step in &s.steps {
         let outcome = match &step.kind {

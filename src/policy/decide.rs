@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use super::tags::{first_chassis, strategy_value, Phase, Tags};
 use super::value::{map_json, set_json, StrMap, UuidRef};
 use super::{
     Cause, Change, LspState, Opts, PolicyConfig, SkipReason, ACTIVATION_STRATEGY, LSP_TABLE,
@@ -13,59 +14,6 @@ use super::{
 pub struct Desired {
     pub opts: Opts,
     pub cause: Cause,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    InProgress,
-    Succeeded,
-    Failed,
-}
-
-/// The migration tags of one row, trimmed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tags<'a> {
-    dst: Option<&'a str>,
-    src: Option<&'a str>,
-    phase: Phase,
-    /// `Some(None)`: the override asks for no strategy.
-    strategy: Option<Option<&'a str>>,
-}
-
-fn trimmed(value: Option<&String>) -> Option<&str> {
-    value.map(|s| s.trim()).filter(|s| !s.is_empty())
-}
-
-/// Empty or `none` (any case) means "no strategy".
-fn strategy_value(raw: &str) -> Option<&str> {
-    let s = raw.trim();
-    (!s.is_empty() && !s.eq_ignore_ascii_case("none")).then_some(s)
-}
-
-impl<'a> Tags<'a> {
-    fn read(ext: &'a StrMap, cfg: &PolicyConfig) -> Tags<'a> {
-        let is = |p: &str, names: [&str; 2]| names.iter().any(|n| p.eq_ignore_ascii_case(n));
-        let phase = match trimmed(ext.get(&cfg.phase_key)) {
-            Some(p) if is(p, ["succeeded", "completed"]) => Phase::Succeeded,
-            Some(p) if is(p, ["failed", "aborted"]) => Phase::Failed,
-            _ => Phase::InProgress,
-        };
-        Tags {
-            dst: trimmed(ext.get(&cfg.destination_key)),
-            src: trimmed(ext.get(&cfg.source_key)),
-            phase,
-            strategy: ext.get(&cfg.strategy_key).map(|s| strategy_value(s)),
-        }
-    }
-}
-
-/// The first entry of `requested-chassis`, trimmed, if non-empty.
-fn first_chassis(options: &StrMap) -> Option<&str> {
-    options
-        .get(REQUESTED_CHASSIS)
-        .and_then(|rc| rc.split(',').next())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
 }
 
 fn check_name(name: &str) -> Result<&str, SkipReason> {

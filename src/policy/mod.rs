@@ -10,6 +10,7 @@
 mod config;
 mod decide;
 mod reply;
+mod tags;
 mod txn;
 pub mod value;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use config::{load_toml, ConfigError, FileConfig, PolicyConfig};
 pub use decide::{desired, desired_with, plan_reconcile, Desired, Fix, Forgetful, Memory, Pre};
 pub use reply::map_result;
+pub use tags::{first_chassis, Phase, Tags};
 pub use txn::{plan_transact, plan_transact_raw, plan_transact_within};
 
 /// The database whose transactions the policy looks at.

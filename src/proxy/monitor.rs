@@ -558,7 +558,7 @@ impl SbHandler {
                 }
                 if stage == Stage::Activated
                     && shared.finalize()
-                    && m.phase == crate::timeline::Phase::InProgress
+                    && m.phase == crate::timeline::Status::InProgress
                 {
                     shared.timelines.mark_finalized(&port, now);
                     info!(%port, destination = %m.destination, "destination activated: finishing the migration");

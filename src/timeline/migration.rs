@@ -34,22 +34,33 @@ impl Stage {
     }
 }
 
-/// How the NB tags read.
+/// How a watched migration stands: its tags' phase, or aborted (the destination removed while it
+/// was in progress).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum Status {
     InProgress,
     Succeeded,
     Failed,
     Aborted,
 }
 
-impl Phase {
+impl From<crate::policy::Phase> for Status {
+    fn from(p: crate::policy::Phase) -> Self {
+        match p {
+            crate::policy::Phase::InProgress => Status::InProgress,
+            crate::policy::Phase::Succeeded => Status::Succeeded,
+            crate::policy::Phase::Failed => Status::Failed,
+        }
+    }
+}
+
+impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
-            Phase::InProgress => "in-progress",
-            Phase::Succeeded => "succeeded",
-            Phase::Failed => "failed",
-            Phase::Aborted => "aborted",
+            Status::InProgress => "in-progress",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Aborted => "aborted",
         }
     }
 }
@@ -84,7 +95,7 @@ pub struct Migration {
     pub source: Option<String>,
     pub source_origin: Option<SourceOrigin>,
     pub destination: String,
-    pub phase: Phase,
+    pub phase: Status,
     pub events: Vec<(Stage, SystemTime)>,
     pub binding: Option<Binding>,
     /// Position in the order migrations finished, while finished.
@@ -106,7 +117,7 @@ pub struct Due {
 }
 
 impl Migration {
-    pub(super) fn new(port: &str, destination: String, phase: Phase, binding: Option<Binding>) -> Migration {
+    pub(super) fn new(port: &str, destination: String, phase: Status, binding: Option<Binding>) -> Migration {
         Migration {
             port: port.to_string(),
             source: None,

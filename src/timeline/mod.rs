@@ -14,38 +14,31 @@ use std::sync::Mutex;
 
 use dashmap::DashMap;
 
-use crate::policy::{Cause, LspState, PolicyConfig, REQUESTED_CHASSIS};
+use crate::policy::{first_chassis, Cause, LspState, PolicyConfig, Tags, REQUESTED_CHASSIS};
 
 mod migration;
 mod render;
 
-pub use migration::{Binding, Due, Migration, Phase, SourceOrigin, Stage};
+pub use migration::{Binding, Due, Migration, Status, SourceOrigin, Stage};
 
 /// What the tags of a row say about a migration, if anything.
 struct Tagged {
     destination: String,
     source_tag: Option<String>,
     first_requested: Option<String>,
-    phase: Phase,
+    phase: Status,
 }
 
 fn read_tags(row: &LspState, cfg: &PolicyConfig) -> Option<Tagged> {
-    let get = |k: &str| row.external_ids.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-    let destination = get(&cfg.destination_key)?;
-    let phase = match get(&cfg.phase_key).map(|p| p.to_ascii_lowercase()).as_deref() {
-        Some("succeeded" | "completed") => Phase::Succeeded,
-        Some("failed" | "aborted") => Phase::Failed,
-        _ => Phase::InProgress,
-    };
-    let usable = |s: &String| !s.is_empty() && *s != destination;
-    let source_tag = get(&cfg.source_key).filter(usable);
-    let first_requested = row
-        .options
-        .get("requested-chassis")
-        .and_then(|rc| rc.split(',').next())
-        .map(|s| s.trim().to_string())
-        .filter(usable);
-    Some(Tagged { destination, source_tag, first_requested, phase })
+    let tags = Tags::read(&row.external_ids, cfg);
+    let destination = tags.dst?.to_string();
+    let usable = |s: &&str| *s != destination;
+    Some(Tagged {
+        source_tag: tags.src.filter(usable).map(str::to_string),
+        first_requested: first_chassis(&row.options).filter(usable).map(str::to_string),
+        phase: tags.phase.into(),
+        destination,
+    })
 }
 
 /// Whether a row in progress to a new destination is the same migration moved (it keeps its
@@ -98,9 +91,9 @@ impl Timelines {
     }
 
     /// Keeps the counters and the finished index in step with a phase change of `m`.
-    fn set_phase(&self, m: &mut Migration, phase: Phase) {
-        let was = m.phase == Phase::InProgress;
-        let is = phase == Phase::InProgress;
+    fn set_phase(&self, m: &mut Migration, phase: Status) {
+        let was = m.phase == Status::InProgress;
+        let is = phase == Status::InProgress;
         m.phase = phase;
         match (was, is) {
             (true, false) => {
@@ -149,7 +142,7 @@ impl Timelines {
 
     /// The counters an entry leaving the map takes with it.
     fn uncount(&self, m: &Migration) {
-        if m.phase == Phase::InProgress {
+        if m.phase == Status::InProgress {
             self.in_progress.fetch_sub(1, Ordering::Relaxed);
             if m.source.is_none() {
                 self.unknown_source.fetch_sub(1, Ordering::Relaxed);
@@ -161,7 +154,7 @@ impl Timelines {
     }
 
     fn set_source(&self, m: &mut Migration, source: String, origin: SourceOrigin) {
-        if m.source.is_none() && m.phase == Phase::InProgress {
+        if m.source.is_none() && m.phase == Status::InProgress {
             self.unknown_source.fetch_sub(1, Ordering::Relaxed);
         }
         m.source = Some(source);
@@ -200,8 +193,8 @@ impl Timelines {
     /// source, if the options are still the proxy's `src,dst`).
     fn untagged(&self, row: &LspState, rc: &Option<String>, now: SystemTime, new: &mut Vec<Stage>) {
         let Some(mut m) = self.map.get_mut(&row.name) else { return };
-        if m.phase == Phase::InProgress {
-            self.set_phase(&mut m, Phase::Aborted);
+        if m.phase == Status::InProgress {
+            self.set_phase(&mut m, Status::Aborted);
             let due = m.both().filter(|b| rc.as_ref() == Some(b)).zip(m.source.clone()).map(|(b, src)| Due {
                 stale: Some(b),
                 requested_chassis: src,
@@ -223,14 +216,14 @@ impl Timelines {
     /// the row says the source is gone (see `still_moving`).
     fn begin(&self, row: &LspState, t: &Tagged) -> bool {
         let restart = self.map.get(&row.name).map(|m| {
-            m.destination != t.destination || (m.phase != Phase::InProgress && t.phase == Phase::InProgress)
+            m.destination != t.destination || (m.phase != Status::InProgress && t.phase == Status::InProgress)
         });
         if restart == Some(false) {
             return true;
         }
         let (binding, moved_from) = match (restart, self.map.get(&row.name)) {
             (Some(true), Some(m)) => {
-                let moved = (m.phase == Phase::InProgress && t.phase == Phase::InProgress)
+                let moved = (m.phase == Status::InProgress && t.phase == Status::InProgress)
                     .then(|| m.source.clone().zip(m.source_origin))
                     .flatten()
                     .filter(|(source, origin)| still_moving(t, source, *origin));
@@ -239,10 +232,10 @@ impl Timelines {
             _ => (None, None),
         };
         self.drop_entry(&row.name);
-        if t.phase != Phase::InProgress {
+        if t.phase != Status::InProgress {
             return false;
         }
-        let mut m = Migration::new(&row.name, t.destination.clone(), Phase::Aborted, binding);
+        let mut m = Migration::new(&row.name, t.destination.clone(), Status::Aborted, binding);
         if let Some((source, origin)) = moved_from {
             m.source = Some(source);
             m.source_origin = Some(origin);
@@ -263,7 +256,7 @@ impl Timelines {
     ) {
         if m.events.is_empty() {
             // A fresh entry: counted as in progress from here.
-            self.set_phase(m, Phase::InProgress);
+            self.set_phase(m, Status::InProgress);
         }
         match (&t.source_tag, &t.first_requested) {
             (Some(tag), _) if m.source.as_ref() != Some(tag) => {
@@ -278,13 +271,13 @@ impl Timelines {
             new.push(Stage::Tagged);
         }
         let final_rc = match t.phase {
-            Phase::Succeeded => Some((t.destination.clone(), Cause::Succeeded)),
-            Phase::Failed => m.source.clone().map(|s| (s, Cause::Failed)),
+            Status::Succeeded => Some((t.destination.clone(), Cause::Succeeded)),
+            Status::Failed => m.source.clone().map(|s| (s, Cause::Failed)),
             _ => None,
         };
         match final_rc {
             // Finished by this row: the final options are due unless the row has them.
-            Some((f, cause)) if m.phase == Phase::InProgress => {
+            Some((f, cause)) if m.phase == Status::InProgress => {
                 let due =
                     (rc.as_ref() != Some(&f)).then(|| Due { stale: rc.clone(), requested_chassis: f, cause });
                 self.set_due(m, due);
@@ -293,8 +286,8 @@ impl Timelines {
         }
         self.set_phase(m, t.phase);
         let stage = match t.phase {
-            Phase::Succeeded => Some(Stage::Succeeded),
-            Phase::Failed => Some(Stage::Failed),
+            Status::Succeeded => Some(Stage::Succeeded),
+            Status::Failed => Some(Stage::Failed),
             _ => None,
         };
         if let Some(s) = stage.filter(|s| m.mark(*s, now)) {
@@ -321,10 +314,10 @@ impl Timelines {
             (Stage::Activated, has(&b.activated)),
         ];
         let finished_on = match m.phase {
-            Phase::Succeeded => Some(dst.clone()),
-            Phase::Failed | Phase::Aborted => m.source.as_deref().map(resolve),
-            Phase::InProgress if m.reached(Stage::Finalized) => Some(dst.clone()),
-            Phase::InProgress => None,
+            Status::Succeeded => Some(dst.clone()),
+            Status::Failed | Status::Aborted => m.source.as_deref().map(resolve),
+            Status::InProgress if m.reached(Stage::Finalized) => Some(dst.clone()),
+            Status::InProgress => None,
         };
         if let Some(c) = finished_on {
             candidates.push((
@@ -352,7 +345,7 @@ impl Timelines {
         aliases: &BTreeMap<String, String>,
     ) -> Option<String> {
         let mut m = self.map.get_mut(port)?;
-        if m.phase != Phase::InProgress || m.source.is_some() {
+        if m.phase != Status::InProgress || m.source.is_some() {
             return None;
         }
         let resolve = |c: &str| aliases.get(c).cloned().unwrap_or_else(|| c.to_string());
@@ -373,7 +366,7 @@ impl Timelines {
     /// migration is still in progress by the tags.
     pub fn is_finalized(&self, port: &str, destination: &str) -> bool {
         self.map.get(port).is_some_and(|m| {
-            m.phase == Phase::InProgress && m.destination == destination && m.reached(Stage::Finalized)
+            m.phase == Status::InProgress && m.destination == destination && m.reached(Stage::Finalized)
         })
     }
 
@@ -385,23 +378,23 @@ impl Timelines {
         // source; finishing, it must be the one to `destination`), or finished and still
         // finished. A finished one followed by rows in progress is a new migration.
         let same = match m.phase {
-            Phase::InProgress => !finished || m.destination == destination,
-            Phase::Succeeded | Phase::Failed => finished && m.destination == destination,
-            Phase::Aborted => false,
+            Status::InProgress => !finished || m.destination == destination,
+            Status::Succeeded | Status::Failed => finished && m.destination == destination,
+            Status::Aborted => false,
         };
         same.then(|| m.source.clone()).flatten()
     }
 
     /// The final options still due for the finished migration of `port` (see [`Due`]).
     pub fn due(&self, port: &str) -> Option<Due> {
-        self.map.get(port).and_then(|m| (m.phase != Phase::InProgress).then(|| m.due.clone()).flatten())
+        self.map.get(port).and_then(|m| (m.phase != Status::InProgress).then(|| m.due.clone()).flatten())
     }
 
     /// The ports whose final options are still due.
     pub fn dues(&self) -> Vec<String> {
         self.map
             .iter()
-            .filter(|m| m.phase != Phase::InProgress && m.due.is_some())
+            .filter(|m| m.phase != Status::InProgress && m.due.is_some())
             .map(|m| m.key().clone())
             .collect()
     }

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use ovn_nb_proxy::control::daemon::{LogFile, Pidfile};
 use ovn_nb_proxy::control::Control;
 use ovn_nb_proxy::net::remote::{parse_listen, parse_upstreams};
-use ovn_nb_proxy::proxy::{Config, Proxy};
+use ovn_nb_proxy::proxy::{defaults, Config, Proxy};
 
 #[derive(Parser)]
 #[command(
@@ -110,13 +110,13 @@ struct RunArgs {
     #[arg(long, value_name = "REMOTE")]
     listen: Vec<String>,
     /// Most client sessions served at once; more wait in the listen backlog.
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(long, default_value_t = defaults::MAX_SESSIONS, value_name = "N")]
     max_sessions: usize,
     /// Largest client-to-server message in bytes; a client sending more is disconnected.
     #[arg(long, default_value_t = ovn_nb_proxy::wire::DEFAULT_MAX_FRAME, value_name = "BYTES")]
     max_frame_size: usize,
     /// Seconds to wait for an upstream connection.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    #[arg(long, default_value_t = defaults::CONNECT_TIMEOUT_SECS, value_name = "SECS")]
     connect_timeout: u64,
     /// TOML file with the policy's tag names (`[migration]` table).
     #[arg(long, value_name = "FILE")]
@@ -142,7 +142,7 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     record: Option<std::path::PathBuf>,
     /// Size cap of one transcript file.
-    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = ovn_nb_proxy::transcript::record::DEFAULT_MAX_BYTES, value_name = "BYTES")]
     record_max_bytes: u64,
     /// Prometheus metrics and health endpoint: ADDR:PORT (/metrics, /healthz, /readyz).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -150,14 +150,14 @@ struct RunArgs {
     /// The proxy's own connections to the database send an echo after this many milliseconds
     /// without hearing from it, and give up (marking the port cache not synchronised) after
     /// twice as long.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    #[arg(long, default_value_t = defaults::INACTIVITY_PROBE_MS, value_name = "MS")]
     inactivity_probe: u64,
     /// Seconds a client transaction on ports may be held while the port cache is not
     /// synchronised (at start, after a database restart); past it the client's session is closed.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    #[arg(long, default_value_t = defaults::SYNC_TIMEOUT_SECS, value_name = "SECS")]
     sync_timeout: u64,
     /// Seconds open sessions may run on after SIGTERM before they are closed.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    #[arg(long, default_value_t = defaults::DRAIN_GRACE_SECS, value_name = "SECS")]
     drain_grace: u64,
     #[command(flatten)]
     tls: TlsArgs,
@@ -166,7 +166,7 @@ struct RunArgs {
     #[arg(long, value_name = "leader|first", default_value = "leader")]
     session_upstream: SessionUpstream,
     /// Name of the OVSDB lock that elects the one active reconciler among several proxies.
-    #[arg(long, value_name = "NAME", default_value = "ovn_nb_proxy_reconciler")]
+    #[arg(long, value_name = "NAME", default_value = defaults::RECONCILER_LOCK)]
     reconciler_lock: String,
 }
 
@@ -247,9 +247,14 @@ fn init_logging(
     Ok(Arc::new(Reloadable { handle, current: std::sync::Mutex::new(text), file }))
 }
 
-fn load_policy(path: &std::path::Path) -> Result<ovn_nb_proxy::policy::FileConfig> {
+/// The policy a config file asks for; `--finalize-on-activation` turns finalizing on whatever
+/// the file says (the one setting the proxy then reads, reloaded with the file).
+fn load_policy(path: &std::path::Path, finalize_flag: bool) -> Result<ovn_nb_proxy::policy::PolicyConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    ovn_nb_proxy::policy::load_toml(&text).with_context(|| format!("in {}", path.display()))
+    let mut policy =
+        ovn_nb_proxy::policy::load_toml(&text).with_context(|| format!("in {}", path.display()))?.migration;
+    policy.finalize_on_activation |= finalize_flag;
+    Ok(policy)
 }
 
 fn config(args: &RunArgs) -> Result<Config> {
@@ -267,7 +272,7 @@ fn config(args: &RunArgs) -> Result<Config> {
     }
     let mut cfg = Config::new(upstreams, listen);
     if let Some(path) = &args.config {
-        cfg.policy = load_policy(path)?.migration;
+        cfg.policy = load_policy(path, args.finalize_on_activation)?;
     }
     cfg.sessions_to_first = args.session_upstream == SessionUpstream::First;
     cfg.reconciler_lock = args.reconciler_lock.clone();
@@ -282,8 +287,8 @@ fn config(args: &RunArgs) -> Result<Config> {
     if let Some(sb) = &args.sb_db {
         cfg.sb = parse_upstreams(sb).context("--sb-db")?;
     }
-    cfg.finalize_on_activation = args.finalize_on_activation;
-    if (cfg.finalize_on_activation || cfg.policy.finalize_on_activation) && cfg.sb.is_empty() {
+    cfg.policy.finalize_on_activation |= args.finalize_on_activation;
+    if cfg.policy.finalize_on_activation && cfg.sb.is_empty() {
         bail!("finalize on activation needs --sb-db: the proxy learns of the activation from the Southbound");
     }
     cfg.record = args
@@ -327,13 +332,17 @@ fn cancel_on_signals(token: CancellationToken) -> Result<()> {
 }
 
 /// SIGHUP: re-read the policy config file; a bad file is logged and the running config kept.
-fn reload_on_sighup(path: std::path::PathBuf, shared: Arc<ovn_nb_proxy::proxy::Shared>) -> Result<()> {
+fn reload_on_sighup(
+    path: std::path::PathBuf,
+    finalize_flag: bool,
+    shared: Arc<ovn_nb_proxy::proxy::Shared>,
+) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match load_policy(&path)
-                .and_then(|file| shared.set_policy(file.migration).map_err(anyhow::Error::msg))
+            match load_policy(&path, finalize_flag)
+                .and_then(|policy| shared.set_policy(policy).map_err(anyhow::Error::msg))
             {
                 Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
                 Err(e) => {
@@ -400,12 +409,12 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::CheckConfig { config }) => {
-            load_policy(&config)?;
+            load_policy(&config, false)?;
             println!("{}: ok", config.display());
             Ok(())
         }
         None => {
-            let config_path = cli.run.config.clone();
+            let (config_path, finalize_flag) = (cli.run.config.clone(), cli.run.finalize_on_activation);
             // Before anything binds: a second proxy on the same pidfile stops here.
             let pidfile = cli.run.pidfile.as_deref().map(Pidfile::create).transpose()?;
             let cfg = config(&cli.run)?;
@@ -413,7 +422,7 @@ async fn run(cli: Cli) -> Result<()> {
             let proxy = Proxy::bind(cfg).await?;
             let control = Control::bind(unixctl.as_deref(), cli.run.metrics, Some(log)).await?;
             if let Some(path) = config_path {
-                reload_on_sighup(path, proxy.shared())?;
+                reload_on_sighup(path, finalize_flag, proxy.shared())?;
             }
             let (shared, info) = (proxy.shared(), proxy.info());
             tokio::join!(proxy.serve(shutdown.clone()), control.serve(shared, info, shutdown));

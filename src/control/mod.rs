@@ -116,7 +116,7 @@ mod tests {
     use crate::policy::PolicyConfig;
 
     fn io() -> (IoHandler, CancellationToken) {
-        let shared = Arc::new(Shared::new(PolicyConfig::default(), false, false, false));
+        let shared = Arc::new(Shared::new(PolicyConfig::default(), false, false));
         let stop = CancellationToken::new();
         (handler(shared, ProxyInfo::default(), None, stop.clone()), stop)
     }

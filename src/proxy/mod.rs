@@ -35,6 +35,16 @@ use crate::proxy::rewrite::PortsView;
 use crate::timeline::Timelines;
 use crate::wire::DEFAULT_MAX_FRAME;
 
+/// The defaults of [`Config::new`]; the command line shows them as its own.
+pub mod defaults {
+    pub const MAX_SESSIONS: usize = 1024;
+    pub const CONNECT_TIMEOUT_SECS: u64 = 5;
+    pub const INACTIVITY_PROBE_MS: u64 = 5000;
+    pub const SYNC_TIMEOUT_SECS: u64 = 10;
+    pub const DRAIN_GRACE_SECS: u64 = 10;
+    pub const RECONCILER_LOCK: &str = "ovn_nb_proxy_reconciler";
+}
+
 /// Everything the data path needs to know.
 #[derive(Clone)]
 pub struct Config {
@@ -53,9 +63,6 @@ pub struct Config {
     pub dry_run: bool,
     /// Southbound database(s) to watch for the migration timelines (empty: not SB-aware).
     pub sb: Vec<Active>,
-    /// Finish a migration as soon as the SB shows the destination activated (`--finalize-on-activation`;
-    /// the config file's key is read from `policy`, and reloaded).
-    pub finalize_on_activation: bool,
     /// The proxy's own monitor connections send an echo after this long without hearing from
     /// the database, and give the connection up after twice as long.
     pub inactivity_probe: Duration,
@@ -81,8 +88,6 @@ pub struct Shared {
     /// Swapped whole on SIGHUP; readers take a cheap `Arc` clone.
     policy: std::sync::RwLock<Arc<PolicyConfig>>,
     pub dry_run: bool,
-    /// `--finalize-on-activation` (the config file may turn it on too).
-    finalize_flag: bool,
     /// `--sb-db` given: activations can be seen (finalize needs it), sources recovered.
     pub sb_watched: bool,
     pub metrics: Arc<Metrics>,
@@ -99,14 +104,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(policy: PolicyConfig, dry_run: bool, finalize_flag: bool, sb_watched: bool) -> Self {
+    pub fn new(policy: PolicyConfig, dry_run: bool, sb_watched: bool) -> Self {
         let (pokes, rx) = mpsc::channel(4096);
         Shared {
             cache: Arc::new(LspCache::new()),
             timelines: Timelines::new(),
             policy: std::sync::RwLock::new(Arc::new(policy)),
             dry_run,
-            finalize_flag,
             sb_watched,
             metrics: Arc::new(Metrics::new()),
             synced: Notify::new(),
@@ -137,9 +141,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Whether the proxy finishes migrations on activation (flag or config file, with `--sb-db`).
+    /// Whether the proxy finishes migrations on activation (the policy's setting, with `--sb-db`).
     pub fn finalize(&self) -> bool {
-        self.sb_watched && (self.finalize_flag || self.policy().finalize_on_activation)
+        self.sb_watched && self.policy().finalize_on_activation
     }
 
     /// Asks the NB monitor to look at ports again (dropped if its queue is full: the ports'
@@ -205,21 +209,20 @@ impl Config {
         Self {
             upstreams,
             listen,
-            max_sessions: 1024,
+            max_sessions: defaults::MAX_SESSIONS,
             max_frame: DEFAULT_MAX_FRAME,
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
             close_grace: Duration::from_secs(5),
             policy: PolicyConfig::default(),
             dry_run: false,
             sb: Vec::new(),
-            finalize_on_activation: false,
-            inactivity_probe: Duration::from_secs(5),
-            sync_timeout: Duration::from_secs(10),
+            inactivity_probe: Duration::from_millis(defaults::INACTIVITY_PROBE_MS),
+            sync_timeout: Duration::from_secs(defaults::SYNC_TIMEOUT_SECS),
             record: None,
-            drain_grace: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(defaults::DRAIN_GRACE_SECS),
             tls: None,
             sessions_to_first: false,
-            reconciler_lock: "ovn_nb_proxy_reconciler".into(),
+            reconciler_lock: defaults::RECONCILER_LOCK.into(),
         }
     }
 }
@@ -251,8 +254,7 @@ impl Proxy {
         for p in &cfg.listen {
             listeners.push(Listener::bind(p, cfg.tls.as_ref()).await?);
         }
-        let mut shared =
-            Shared::new(cfg.policy.clone(), cfg.dry_run, cfg.finalize_on_activation, !cfg.sb.is_empty());
+        let mut shared = Shared::new(cfg.policy.clone(), cfg.dry_run, !cfg.sb.is_empty());
         if let Some(rc) = &cfg.record {
             let sink = crate::transcript::record::RecordSink::start(rc.clone()).map_err(|source| {
                 ListenError::Bind { remote: format!("record directory {}", rc.dir.display()), source }

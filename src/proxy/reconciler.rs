@@ -301,7 +301,7 @@ mod tests {
     }
 
     fn shared_with(n: usize) -> Shared {
-        let shared = Shared::new(PolicyConfig::default(), false, false, false);
+        let shared = Shared::new(PolicyConfig::default(), false, false);
         shared.cache.reset(&initial(n, None)).expect("reset");
         shared
     }

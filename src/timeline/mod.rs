@@ -19,7 +19,7 @@ use crate::policy::{first_chassis, Cause, LspState, PolicyConfig, Tags, REQUESTE
 mod migration;
 mod render;
 
-pub use migration::{Binding, Due, Migration, Status, SourceOrigin, Stage};
+pub use migration::{Binding, Due, Migration, SourceOrigin, Stage, Status};
 
 /// What the tags of a row say about a migration, if anything.
 struct Tagged {

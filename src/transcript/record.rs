@@ -37,6 +37,9 @@ pub struct RecordConfig {
     pub max_bytes: u64,
 }
 
+/// `--record-max-bytes` unless given.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
 /// Bytes of transcript lines queued for the writer thread, at most.
 const MAX_QUEUED: usize = 64 << 20;
 

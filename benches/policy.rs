@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
     for (name, params) in
         [("kube_ovn_whole_map_update", kube_ovn_update()), ("nbctl_set_mutate", nbctl_mutate())]
     {
-        assert!(plan_transact(&params, &view, &cfg).rewritten.is_some(), "{name} must take the rewrite path");
+        assert!(plan_transact(&params, &view, &cfg).rewrite().is_some(), "{name} must take the rewrite path");
         group.bench_function(name, |b| b.iter(|| plan_transact(black_box(&params), &view, &cfg)));
     }
     group.finish();

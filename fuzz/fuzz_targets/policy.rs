@@ -5,7 +5,7 @@
 //!
 //! Checked: `plan_transact` never panics; a rewrite keeps the client's ops in place (same `op`,
 //! `table`, `where`), only appends `mutate`s on ports, and counts its ops right; re-planning the
-//! rewritten params against the same view changes nothing more; `map_result` never panics and
+//! rewritten params against the same view changes nothing more; `Trim::apply` never panics and
 //! keeps the client's results; the wire glue (`inspect_request`, `rewritten`, `fix_reply`) agrees
 //! with the plan and keeps the envelope (it plans from each op's text, reading only the ops that
 //! can matter: the same plan, unless an op the policy cannot read is one it did not need to
@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ovn_nb_proxy::policy::{map_result, plan_transact, LspState, PolicyConfig, StaticView};
+use ovn_nb_proxy::policy::{plan_transact, LspState, PolicyConfig, StaticView, Trim};
 use ovn_nb_proxy::proxy::rewrite::{fix_reply, inspect_request, may_touch_ports, must_plan, PendingMap};
 use serde_json::{json, Map, Value};
 
@@ -475,7 +475,7 @@ fn depth(v: &Value) -> usize {
 struct Input {
     other_db: bool,
     ops: Vec<Op>,
-    /// The server's result, for `map_result`.
+    /// The server's result, for `Trim::apply`.
     result: Vec<J>,
     result_raw: Option<J>,
     id: J,
@@ -491,13 +491,15 @@ fuzz_target!(|input: Input| {
     let n = input.ops.len();
 
     let plan = plan_transact(&params, &view, &cfg);
-    assert_eq!(plan.client_ops, n);
+    if let Some(t) = plan.trim() {
+        assert!(t.client_ops == n && t.upstream_ops > n && plan.rewrite().is_some(), "trim {t:?} of {n} ops");
+    }
+    let trim = plan.trim().unwrap_or(Trim { client_ops: n, upstream_ops: n });
     if let Some(rewritten) = &plan.params_after(&params) {
         assert!(!input.other_db, "rewrote a transaction on another database");
         assert!(!plan.changes.is_empty(), "a rewrite without a change");
         let ops = rewritten.as_array().expect("rewritten params are an array");
-        assert_eq!(ops.len(), 1 + plan.upstream_ops, "op count");
-        assert!(plan.upstream_ops >= n);
+        assert_eq!(ops.len(), 1 + trim.upstream_ops, "op count");
         assert_eq!(ops[0], params[0], "database name changed");
         for k in 1..=n {
             for member in ["op", "table", "where"] {
@@ -511,12 +513,12 @@ fuzz_target!(|input: Input| {
         // Idempotent: the rewritten transaction already says what the policy wants.
         let again = plan_transact(rewritten, &view, &cfg);
         assert!(
-            again.changes.is_empty() && again.rewritten.is_none(),
+            again.changes.is_empty() && again.rewrite().is_none(),
             "re-planning the rewrite changes it again:\nparams {params}\nrewritten {rewritten}\nagain {:?}",
             again
         );
     } else {
-        assert_eq!(plan.upstream_ops, n);
+        assert!(plan.trim().is_none());
     }
 
     // The reply side: never a panic, the client's results kept.
@@ -524,13 +526,13 @@ fuzz_target!(|input: Input| {
         Some(j) => j.to_json(),
         None => Value::Array(input.result.iter().map(J::to_json).collect()),
     };
-    let mapped = map_result(&result, plan.client_ops, plan.upstream_ops);
+    let mapped = trim.apply(&result);
     if let (Some(items), Some(out)) = (result.as_array(), mapped.as_array()) {
-        let keep = plan.client_ops.min(items.len());
+        let keep = n.min(items.len());
         assert_eq!(&out[..keep.min(out.len())], &items[..keep.min(out.len())]);
-        assert!(out.len() <= plan.client_ops.max(items.len()) + 1);
+        assert!(out.len() <= n.max(items.len()) + 1);
     }
-    let _ = map_result(&result, input.result.len() % 5, input.ops.len() % 7);
+    let _ = Trim { client_ops: input.result.len() % 5, upstream_ops: input.ops.len() % 7 }.apply(&result);
 
     // The same through the wire glue: the envelope is kept, params are the plan's.
     let id = input.id.to_json();
@@ -544,7 +546,7 @@ fuzz_target!(|input: Input| {
         if may_touch_ports(raw) && !must_plan(raw, &cfg, true) {
             if let Some(ins) = inspect_request(raw, &quiet, &cfg) {
                 assert!(
-                    ins.plan.rewritten.is_none() && ins.plan.changes.is_empty() && ins.plan.skips.is_empty(),
+                    ins.plan.rewrite().is_none() && ins.plan.changes.is_empty() && ins.plan.skips.is_empty(),
                     "the fast path passed a message the plan acts on:\n{}\n{:?}",
                     String::from_utf8_lossy(raw),
                     ins.plan
@@ -589,7 +591,7 @@ fuzz_target!(|input: Input| {
                         assert_eq!(fixed["result"], mapped);
                     }
                     // Forwarded as it came: only when nothing was appended (nothing to trim).
-                    None => assert!(plan.upstream_ops == plan.client_ops || mapped == result),
+                    None => assert!(plan.trim().is_none() || mapped == result),
                 }
             }
             // (A transact result from ovsdb-server is a few levels deep; an arbitrary one may not
@@ -598,7 +600,7 @@ fuzz_target!(|input: Input| {
         }
     } else if !id.is_null()
         && !input.other_db
-        && plan.rewritten.is_some()
+        && plan.rewrite().is_some()
         && depth(&params) < SERDE_DEPTH
         && depth(&id) < MAX_DEPTH
     {

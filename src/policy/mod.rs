@@ -4,7 +4,7 @@
 //! keeps its `options:requested-chassis` and `options:activation-strategy` in step with the tags
 //! (see [`desired`]) and never writes any other key. Three entry points:
 //! * [`plan_transact`]: a client's `transact` params → a [`Plan`] (forward as is, or rewritten);
-//! * [`map_result`]: the server's result array → the array the client expects (when ops were added);
+//! * [`Trim::apply`]: the server's result array → the array the client expects (when ops were added);
 //! * [`plan_reconcile`]: a row seen on the monitor → a conditional fix-up transaction.
 
 mod config;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{load_toml, ConfigError, FileConfig, PolicyConfig};
 pub use decide::{desired, desired_with, plan_reconcile, Desired, Fix, Forgetful, Memory, Pre};
-pub use reply::map_result;
+pub use reply::Trim;
 pub use tags::{first_chassis, Phase, Tags};
 pub use txn::{plan_transact, plan_transact_raw, plan_transact_within};
 
@@ -250,23 +250,26 @@ pub fn may_spell_destination_key(raw: &[u8], cfg: &PolicyConfig) -> bool {
     })
 }
 
-/// What to do with one `transact` request.
+/// What to do with one `transact` request, and what the policy found on the way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// How the params differ from the client's; `None` means forward the original bytes.
-    pub rewritten: Option<Rewrite>,
-    /// Ops the client sent (params minus the database name).
-    pub client_ops: usize,
-    /// Ops sent upstream: `client_ops` plus the ops the proxy appended.
-    pub upstream_ops: usize,
+    pub action: Action,
+    /// The changes the rewrite makes (none when forwarding).
     pub changes: Vec<Change>,
-    /// For each op the proxy appended, in order, the index in `changes` of the change it makes.
-    /// An appended op on an existing row is conditional on the state the proxy assumed: a
-    /// result of `{"count": 0}` means the row was not as its cache said, and nothing changed.
-    pub appended: Vec<usize>,
     pub skips: Vec<Skip>,
-    /// Set when the transaction has a shape the policy does not understand.
+    /// Set when the transaction has a shape the policy does not understand (it is forwarded).
     pub unhandled: Option<Unhandled>,
+}
+
+/// Forward the client's bytes, or send a rewrite and give the reply back in the client's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Forward,
+    /// `trim` is `None` when nothing was appended: the reply goes back as it came.
+    Rewrite {
+        rewrite: Rewrite,
+        trim: Option<Trim>,
+    },
 }
 
 /// How a rewritten transaction differs from the client's: some of its ops replaced, ops
@@ -275,8 +278,17 @@ pub struct Plan {
 pub struct Rewrite {
     /// (index among the client's ops, the op to send instead), by index.
     pub edited: Vec<(usize, serde_json::Value)>,
-    /// The JSON text of each appended op.
-    pub appended: Vec<String>,
+    /// The ops appended, in order.
+    pub appended: Vec<Appended>,
+}
+
+/// An op the proxy appended: its JSON text, and the index in [`Plan::changes`] of the change
+/// it makes. On an existing row it is conditional on the state the proxy assumed: a result of
+/// `{"count": 0}` means the row was not as its cache said, and nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub op: String,
+    pub change: usize,
 }
 
 impl Rewrite {
@@ -288,7 +300,7 @@ impl Rewrite {
                 *slot = op.clone();
             }
         }
-        all.extend(self.appended.iter().map(|t| serde_json::from_str(t).unwrap_or_default()));
+        all.extend(self.appended.iter().map(|a| serde_json::from_str(&a.op).unwrap_or_default()));
         serde_json::Value::Array(all)
     }
 
@@ -306,9 +318,9 @@ impl Rewrite {
                 None => out.extend_from_slice(op.get().as_bytes()),
             }
         }
-        for op in &self.appended {
+        for a in &self.appended {
             out.push(b',');
-            out.extend_from_slice(op.as_bytes());
+            out.extend_from_slice(a.op.as_bytes());
         }
         out.push(b']');
         Some(out)
@@ -316,21 +328,29 @@ impl Rewrite {
 }
 
 impl Plan {
-    /// The params to send upstream, from the client's (`None`: the client's, unchanged).
-    pub fn params_after(&self, params: &serde_json::Value) -> Option<serde_json::Value> {
-        self.rewritten.as_ref().map(|r| r.apply(params))
+    /// Forward untouched.
+    pub fn forward() -> Plan {
+        Plan { action: Action::Forward, changes: Vec::new(), skips: Vec::new(), unhandled: None }
     }
 
-    /// Forward untouched.
-    pub fn forward(client_ops: usize) -> Plan {
-        Plan {
-            rewritten: None,
-            client_ops,
-            upstream_ops: client_ops,
-            changes: Vec::new(),
-            appended: Vec::new(),
-            skips: Vec::new(),
-            unhandled: None,
+    /// How the params differ from the client's, when they do.
+    pub fn rewrite(&self) -> Option<&Rewrite> {
+        match &self.action {
+            Action::Rewrite { rewrite, .. } => Some(rewrite),
+            Action::Forward => None,
         }
+    }
+
+    /// How the reply goes back to the client's shape, when the proxy appended ops.
+    pub fn trim(&self) -> Option<Trim> {
+        match &self.action {
+            Action::Rewrite { trim, .. } => *trim,
+            Action::Forward => None,
+        }
+    }
+
+    /// The params to send upstream, from the client's (`None`: the client's, unchanged).
+    pub fn params_after(&self, params: &serde_json::Value) -> Option<serde_json::Value> {
+        self.rewrite().map(|r| r.apply(params))
     }
 }

@@ -6,6 +6,21 @@ fn is_error(v: &Value) -> bool {
     v.as_object().is_some_and(|o| o.contains_key("error"))
 }
 
+/// The shape of a rewritten transaction's reply: the client sent `client_ops` ops, the server
+/// ran `upstream_ops` (the proxy's appended after them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trim {
+    pub client_ops: usize,
+    pub upstream_ops: usize,
+}
+
+impl Trim {
+    /// The server's `result` in the shape the client expects: see [`map_result`].
+    pub fn apply(&self, result: &Value) -> Value {
+        map_result(result, self.client_ops, self.upstream_ops)
+    }
+}
+
 /// Maps the server's `result` for `upstream_ops` ops back to the shape the client expects for its
 /// `client_ops` ops:
 /// * success, or a client op failed: the first `client_ops` elements;
@@ -13,7 +28,7 @@ fn is_error(v: &Value) -> bool {
 ///   `client_ops` elements plus that error, i.e. the "all ops ok, commit failed" shape.
 ///
 /// A result that is not an array, or a transaction with nothing appended, is returned unchanged.
-pub fn map_result(result: &Value, client_ops: usize, upstream_ops: usize) -> Value {
+fn map_result(result: &Value, client_ops: usize, upstream_ops: usize) -> Value {
     let Some(items) = result.as_array() else {
         return result.clone();
     };

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::cache::LspCache;
 use crate::policy::{
-    map_result, may_spell_destination_key, plan_transact_raw, Change, LspState, LspView, Memory, Opts, Plan,
-    PolicyConfig, Rewrite, SkipReason,
+    may_spell_destination_key, plan_transact_raw, Change, LspState, LspView, Memory, Opts, Plan,
+    PolicyConfig, Rewrite, SkipReason, Trim,
 };
 use crate::timeline::Timelines;
 use crate::wire::{id_key, Envelope, Kind};
@@ -23,8 +23,8 @@ use crate::wire::{id_key, Envelope, Kind};
 /// What the session remembers about a rewritten request until its reply comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    /// `(client_ops, upstream_ops)` when the proxy appended ops: the reply is trimmed back.
-    pub trim: Option<(usize, usize)>,
+    /// Set when the proxy appended ops: the reply is trimmed back.
+    pub trim: Option<Trim>,
     /// The changes the rewrite made: reported (audit line, counter) once the server committed
     /// them, or said to be refused.
     pub changes: Vec<Change>,
@@ -236,15 +236,14 @@ impl Inspected {
     /// The request to send upstream when the plan rewrites it (only `params` differs from
     /// what the client sent); `None` when the original bytes go as they are.
     pub fn rewritten(&self) -> Option<Bytes> {
-        splice_params(&self.raw, self.params.clone(), self.plan.rewritten.as_ref()?)
+        splice_params(&self.raw, self.params.clone(), self.plan.rewrite()?)
     }
 
     /// What to remember until the reply, when the plan rewrites the request.
     pub fn pending(&self) -> Option<(String, Pending)> {
         let p = &self.plan;
-        p.rewritten.as_ref()?;
-        let trim = (p.upstream_ops > p.client_ops).then_some((p.client_ops, p.upstream_ops));
-        Some((self.id.clone(), Pending { trim, changes: p.changes.clone(), appended: p.appended.clone() }))
+        let appended = p.rewrite()?.appended.iter().map(|a| a.change).collect();
+        Some((self.id.clone(), Pending { trim: p.trim(), changes: p.changes.clone(), appended }))
     }
 }
 
@@ -277,7 +276,7 @@ pub fn inspect_request_within(
         let at = span(raw, raw_params)?;
         let plan = match params.split_first() {
             Some((db, ops)) => plan_transact_raw(db, ops, view, cfg, max_scan),
-            None => Some(Plan::forward(0)),
+            None => Some(Plan::forward()),
         };
         let Some(plan) = plan else { return Some(Err(())) };
         Some(Ok(Inspected { id, plan, raw: raw.clone(), params: at }))
@@ -337,7 +336,7 @@ pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Answered> {
     let outcome = match first_error(&result) {
         Some(e) => Outcome::Refused(e),
         None => {
-            let client_ops = p.trim.map_or(0, |(c, _)| c);
+            let client_ops = p.trim.map_or(0, |t| t.client_ops);
             let void = p
                 .appended
                 .iter()
@@ -350,8 +349,8 @@ pub fn fix_reply(raw: &[u8], pending: &mut PendingMap) -> Option<Answered> {
             Outcome::Committed { void }
         }
     };
-    let bytes = p.trim.and_then(|(client_ops, upstream_ops)| {
-        let fixed = map_result(&result, client_ops, upstream_ops);
+    let bytes = p.trim.and_then(|trim| {
+        let fixed = trim.apply(&result);
         splice(raw, span(raw, raw_result)?, serde_json::to_vec(&fixed).ok()?)
     });
     Some(Answered { bytes, pending: p, outcome })
@@ -404,7 +403,11 @@ mod tests {
         assert!(text.contains("hv1,hv2") && text.contains("rarp"), "{text}");
         let mut pending = PendingMap::new();
         let (id, p) = ins.pending().expect("a rewrite is awaited");
-        assert_eq!(p.trim, Some((1, 2)), "an update of external_ids only: the options fix is an appended op");
+        assert_eq!(
+            p.trim,
+            Some(Trim { client_ops: 1, upstream_ops: 2 }),
+            "an update of external_ids only: the options fix is an appended op"
+        );
         pending.insert(id, p);
         let reply = br#"{"id":18446744073709551616,"result":[{"count":1},{"count":1}],"error":null}"#;
         let answered = fix_reply(reply, &mut pending).expect("answered");
@@ -418,7 +421,11 @@ mod tests {
     #[test]
     fn replies_not_awaited_pass_untouched() {
         let mut pending = PendingMap::new();
-        let p = Pending { trim: Some((1, 2)), changes: Vec::new(), appended: vec![0] };
+        let p = Pending {
+            trim: Some(Trim { client_ops: 1, upstream_ops: 2 }),
+            changes: Vec::new(),
+            appended: vec![0],
+        };
         pending.insert("[1,2]".into(), p.clone());
         assert!(fix_reply(br#"{"id":3,"result":[{},{}],"error":null}"#, &mut pending).is_none());
         assert!(fix_reply(br#"{"id":null,"method":"update3","params":[]}"#, &mut pending).is_none());
@@ -467,7 +474,7 @@ mod tests {
         let escaped = br#"{"id":5,"method":"transact","params":["OVN_Northbound",{"op":"mutate","table":"Logical_Switch_Port","where":[["name","==","vm1"]],"mutations":[["external_ids","insert",["map",[["migration-destination","hv2"]]]]]}]}"#;
         assert!(must_plan(escaped, &cfg, true));
         let plan = inspect_request(&Bytes::from_static(escaped), &tagged_port(), &cfg).expect("a transact");
-        assert!(plan.plan.rewritten.is_some(), "the escaped key tags the port");
+        assert!(plan.plan.rewrite().is_some(), "the escaped key tags the port");
         // Another destination key in force: the old one means nothing, the new one is looked for.
         let other = PolicyConfig { destination_key: "kubevirt.io/target".into(), ..PolicyConfig::default() };
         assert!(!must_plan(tagging, &other, true));

@@ -23,7 +23,7 @@ use super::{may_spell_destination_key, LspView, Plan, PolicyConfig, NB_DB};
 /// Plans one `transact`: `params` is `[db, op, op, ...]`. Anything other than `OVN_Northbound`,
 /// or an op shape the policy does not understand, is forwarded untouched.
 pub fn plan_transact(params: &Value, view: &dyn LspView, cfg: &PolicyConfig) -> Plan {
-    plan_transact_within(params, view, cfg, usize::MAX).unwrap_or_else(|| Plan::forward(0))
+    plan_transact_within(params, view, cfg, usize::MAX).unwrap_or_else(Plan::forward)
 }
 
 /// `plan_transact`, unless a `where` that names no row would walk more than `max_scan` ports
@@ -35,10 +35,10 @@ pub fn plan_transact_within(
     max_scan: usize,
 ) -> Option<Plan> {
     let Some((db, ops)) = params.as_array().and_then(|a| a.split_first()) else {
-        return Some(Plan::forward(0));
+        return Some(Plan::forward());
     };
     if db.as_str() != Some(NB_DB) || ops.is_empty() {
-        return Some(Plan::forward(ops.len()));
+        return Some(Plan::forward());
     }
     plan_ops(&Ops::Values(ops), view, cfg, max_scan)
 }
@@ -56,7 +56,7 @@ pub fn plan_transact_raw(
     max_scan: usize,
 ) -> Option<Plan> {
     if serde_json::from_str::<Cow<str>>(db.get()).ok().as_deref() != Some(NB_DB) || ops.is_empty() {
-        return Some(Plan::forward(ops.len()));
+        return Some(Plan::forward());
     }
     let tag_free = !ops.iter().any(|op| may_spell_destination_key(op.get().as_bytes(), cfg));
     plan_ops(&Ops::Raw { ops, tag_free }, view, cfg, max_scan)

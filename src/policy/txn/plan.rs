@@ -10,7 +10,8 @@ use super::step::Step;
 use crate::policy::decide::{desired_with, port_label, Desired, Pre};
 use crate::policy::value::Malformed;
 use crate::policy::{
-    Change, LspView, Opts, Plan, PolicyConfig, Rewrite, Skip, SkipReason, Unhandled, REQUESTED_CHASSIS,
+    Action, Appended, Change, LspView, Opts, Plan, PolicyConfig, Rewrite, Skip, SkipReason, Trim, Unhandled,
+    REQUESTED_CHASSIS,
 };
 
 /// The plan of `ops` (`None`: a `where` would have walked more than `max_scan` ports).
@@ -26,7 +27,7 @@ fn plan_with(ops: &Ops, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -
     let n = ops.len();
     let unhandled = |op: Option<usize>, e: Malformed| Plan {
         unhandled: Some(Unhandled { op, what: e.0 }),
-        ..Plan::forward(n)
+        ..Plan::forward()
     };
 
     let mut steps = Vec::with_capacity(n);
@@ -37,7 +38,7 @@ fn plan_with(ops: &Ops, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -
         }
     }
     if steps.iter().all(|s| matches!(s, Step::Ignore | Step::OtherInsert { .. })) {
-        return Plan::forward(n);
+        return Plan::forward();
     }
     for (k, step) in steps.iter().enumerate() {
         if let Err(e) = sim.step(k, step) {
@@ -45,7 +46,7 @@ fn plan_with(ops: &Ops, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -
         }
     }
 
-    let mut plan = Plan::forward(n);
+    let mut plan = Plan::forward();
     let mut edited: Vec<(usize, Value)> = Vec::new();
     let mut appended = Vec::new();
     for w in &sim.rows {
@@ -77,17 +78,16 @@ fn plan_with(ops: &Ops, view: &dyn LspView, cfg: &PolicyConfig, sim: &mut Sim) -
                 plan.skips.push(Skip { port, reason: SkipReason::UnresolvedWhere, chosen: None });
                 continue;
             };
-            appended.push(text);
-            plan.appended.push(plan.changes.len());
+            appended.push(Appended { op: text, change: plan.changes.len() });
         }
         plan.changes.push(Change { port, before, after: want.opts, cause: want.cause });
     }
     if plan.changes.is_empty() {
         return plan;
     }
-    plan.upstream_ops = n + appended.len();
+    let trim = (!appended.is_empty()).then(|| Trim { client_ops: n, upstream_ops: n + appended.len() });
     edited.sort_by_key(|(k, _)| *k);
-    plan.rewritten = Some(Rewrite { edited, appended });
+    plan.action = Action::Rewrite { rewrite: Rewrite { edited, appended }, trim };
     plan
 }
 

@@ -1,6 +1,7 @@
 //! Reading a transcript: its sessions, and in each the steps a replay takes (messages to send,
 //! replies and notifications to expect).
 
+use crate::policy::Trim;
 use serde_json::Value;
 
 use super::ReplayError;
@@ -31,10 +32,10 @@ pub struct Step {
 #[derive(Debug)]
 pub enum StepKind {
     /// A client request or notification, sent as it went upstream (with uuids mapped).
-    /// `trim`: `(client_ops, upstream_ops)` when the proxy had appended ops to it, so the reply
+    /// `trim`: set when the proxy had appended ops to it, so the reply
     /// the client got (the recorded one) was trimmed; the live reply is trimmed the same way
     /// before the two are compared.
-    Send { raw: String, msg: Value, trim: Option<(usize, usize)> },
+    Send { raw: String, msg: Value, trim: Option<Trim> },
     /// The server's reply to the client's request with this id (canonical text).
     Reply { id: String, msg: Value },
     /// A notification from the server (`update`, `update2`, `update3`, `locked`, …).
@@ -105,8 +106,8 @@ pub fn parse_transcript(text: &str) -> Result<Transcript, ReplayError> {
                     .and_then(|o| serde_json::from_str::<Value>(o).ok());
                 let trim = original
                     .filter(|o| o.get("method").and_then(Value::as_str) == Some("transact"))
-                    .map(|o| (ops(&o), ops(&msg)))
-                    .filter(|(client, upstream)| upstream > client);
+                    .map(|o| Trim { client_ops: ops(&o), upstream_ops: ops(&msg) })
+                    .filter(|t| t.upstream_ops > t.client_ops);
                 Some(StepKind::Send { raw: raw.to_string(), msg, trim })
             }
             // The client's reply to a server echo probe: the live server gets its own answers.

@@ -22,8 +22,8 @@ fn describe(msg: &Value) -> String {
     }
 }
 
-/// `(client_ops, upstream_ops)` of a request the proxy had appended ops to.
-type Trim = Option<(usize, usize)>;
+/// How the reply to a request the proxy had appended ops to was trimmed.
+type Trim = Option<crate::policy::Trim>;
 
 /// One session being replayed: its connection, the requests awaiting their replies, and where
 /// what it finds goes.
@@ -119,8 +119,8 @@ impl Replaying<'_> {
         match self.live.reply(id) {
             Ok(Some(mut got)) => {
                 // Like with like: the client got the reply trimmed to its own ops.
-                if let (Some((client_ops, upstream_ops)), Some(result)) = (trim, got.get_mut("result")) {
-                    *result = crate::policy::map_result(result, client_ops, upstream_ops);
+                if let (Some(trim), Some(result)) = (trim, got.get_mut("result")) {
+                    *result = trim.apply(result);
                 }
                 self.report.replies += 1;
                 let diffs = compare_reply(&request, msg, &got, self.map);

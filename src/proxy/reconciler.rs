@@ -40,6 +40,77 @@ struct Planned {
     fix: Fix,
 }
 
+/// How one row's fix went, as the `reconciles` counter labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    /// The `assert` of the lock failed: not this proxy's turn.
+    NotOwner,
+    /// The row's `wait` failed, or the whole transaction did: a writer came first.
+    Conflict,
+    /// `--dry-run`: logged, not sent.
+    DryRun,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::NotOwner => "not_owner",
+            Outcome::Conflict => "conflict",
+            Outcome::DryRun => "dry_run",
+        }
+    }
+}
+
+/// What the server's reply says of a batch of fixes, as sent by [`batch_params`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Every fix committed.
+    Applied,
+    /// The lock's `assert` failed: nothing was written.
+    NotOwner,
+    /// Row `k`'s `wait` (or `mutate`) failed: it lost a race; the other rows were not written
+    /// through no fault of their own.
+    Lost(usize),
+    /// The transaction failed as a whole (a commit or JSON-RPC error, an error past the rows'
+    /// ops, no result): nothing was written.
+    Failed,
+}
+
+/// Reads the reply to a batch of `rows` fixes. Ops: `[assert, wait₀, mutate₀, wait₁, mutate₁,
+/// …, comment]`: row k's ops at 1+2k, 2+2k.
+fn verdict(reply: &Value, rows: usize) -> Verdict {
+    let results = reply.get("result").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let rpc_error = reply.get("error").is_some_and(|e| !e.is_null());
+    let failed_at = results.iter().position(|r| r.get("error").is_some_and(|e| !e.is_null()));
+    match failed_at {
+        None if !rpc_error && !results.is_empty() => Verdict::Applied,
+        Some(0) if results[0].get("error").is_some_and(|e| e == "not owner") => Verdict::NotOwner,
+        Some(i) if i >= 1 && i <= 2 * rows => Verdict::Lost((i - 1) / 2),
+        _ => Verdict::Failed,
+    }
+}
+
+/// The params of one reconcile transaction: the lock asserted, each row's fix (a `wait` on
+/// the state seen, a `mutate` of the two keys), a comment naming the first ports.
+fn batch_params<'a>(lock: &str, fixes: impl ExactSizeIterator<Item = &'a Fix>) -> Value {
+    let rows = fixes.len();
+    let mut params = vec![json!(NB_DB), json!({"op": "assert", "lock": lock})];
+    let mut names = Vec::new();
+    for fix in fixes {
+        params.extend(fix.ops.iter().cloned());
+        if names.len() < 8 {
+            names.push(fix.change.port.as_str());
+        }
+    }
+    let more = if rows > names.len() { format!(" and {} more", rows - names.len()) } else { String::new() };
+    params.push(
+        json!({"op": "comment", "comment": format!("ovn-nb-proxy: reconcile {}{more}", names.join(" "))}),
+    );
+    Value::Array(params)
+}
+
 /// What a reply to a reconcile transaction meant for the reconciler.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Answer {
@@ -188,29 +259,18 @@ impl Reconciler {
             if shared.dry_run {
                 for p in &batch {
                     audit(Audit::Reconcile, &p.fix.change, "reconciler", true);
-                    shared.metrics.reconciles.get_or_create(&[("outcome", "dry_run")]).inc();
+                    count(shared, Outcome::DryRun);
                 }
                 continue;
             }
-            let mut params = vec![json!(NB_DB), json!({"op": "assert", "lock": lock})];
-            let mut names = Vec::new();
             for p in &batch {
-                params.extend(p.fix.ops.iter().cloned());
-                if names.len() < 8 {
-                    names.push(p.fix.change.port.as_str());
-                }
                 self.busy.insert(p.uuid, p.seen.clone());
             }
-            let more = if batch.len() > names.len() {
-                format!(" and {} more", batch.len() - names.len())
-            } else {
-                String::new()
-            };
-            params.push(json!({"op": "comment", "comment": format!("ovn-nb-proxy: reconcile {}{more}", names.join(" "))}));
+            let params = batch_params(lock, batch.iter().map(|p| &p.fix));
             let token = self.next_batch;
             self.next_batch += 1;
             self.batches.insert(token, batch);
-            out.push((token, Value::Array(params)));
+            out.push((token, params));
         }
         self.bulk.extend(deferred);
         shared.metrics.reconcile_queue.set(self.planned.len() as i64);
@@ -225,24 +285,22 @@ impl Reconciler {
         for p in &batch {
             self.busy.remove(&p.uuid);
         }
-        let m = &shared.metrics;
-        let results = reply.get("result").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        let rpc_error = reply.get("error").is_some_and(|e| !e.is_null());
-        let failed_at = results.iter().position(|r| r.get("error").is_some_and(|e| !e.is_null()));
-        if !rpc_error && failed_at.is_none() && !results.is_empty() {
-            for p in &batch {
-                audit(Audit::Reconcile, &p.fix.change, "reconciler", false);
-                m.reconciles.get_or_create(&[("outcome", "applied")]).inc();
-                self.attempts.remove(&p.uuid);
+        let culprit = match verdict(reply, batch.len()) {
+            Verdict::Applied => {
+                for p in &batch {
+                    audit(Audit::Reconcile, &p.fix.change, "reconciler", false);
+                    count(shared, Outcome::Applied);
+                    self.attempts.remove(&p.uuid);
+                }
+                return Answer::Done;
             }
-            return Answer::Done;
-        }
-        if failed_at == Some(0) && results[0].get("error").is_some_and(|e| e == "not owner") {
-            m.reconciles.get_or_create(&[("outcome", "not_owner")]).inc();
-            return Answer::NotOwner;
-        }
-        // Ops: [assert, wait₀, mutate₀, wait₁, mutate₁, …, comment]: row k's ops at 1+2k, 2+2k.
-        let culprit = failed_at.filter(|&i| i >= 1 && i <= 2 * batch.len()).map(|i| (i - 1) / 2);
+            Verdict::NotOwner => {
+                count(shared, Outcome::NotOwner);
+                return Answer::NotOwner;
+            }
+            Verdict::Lost(k) => Some(k),
+            Verdict::Failed => None,
+        };
         for (k, p) in batch.into_iter().enumerate() {
             if culprit.is_some() && culprit != Some(k) {
                 // Not written, through no fault of its own: planned again (unless a newer
@@ -253,7 +311,7 @@ impl Reconciler {
                 }
                 continue;
             }
-            m.reconciles.get_or_create(&[("outcome", "conflict")]).inc();
+            count(shared, Outcome::Conflict);
             let n = self.attempts.entry(p.uuid).or_default();
             *n += 1;
             debug!(port = %p.fix.change.port, %reply, "reconcile lost a race; the row's new state decides");
@@ -270,11 +328,68 @@ impl Reconciler {
     }
 }
 
+fn count(shared: &Shared, outcome: Outcome) {
+    shared.metrics.reconciles.get_or_create(&[("outcome", outcome.as_str())]).inc();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::PolicyConfig;
     use std::collections::HashSet;
+
+    #[test]
+    fn what_a_reply_says_of_a_batch() {
+        let ok = json!({});
+        let err = |e: &str| json!({"error": e});
+        let cases: Vec<(&str, Value, Verdict)> = vec![
+            ("all committed", json!({"result": [ok, ok, ok, ok, ok, ok], "error": null}), Verdict::Applied),
+            ("not the lock's owner", json!({"result": [err("not owner")], "error": null}), Verdict::NotOwner),
+            (
+                "row 0's wait failed",
+                json!({"result": [ok, err("timed out")], "error": null}),
+                Verdict::Lost(0),
+            ),
+            (
+                "row 1's mutate failed",
+                json!({"result": [ok, ok, ok, ok, err("constraint violation")]}),
+                Verdict::Lost(1),
+            ),
+            ("the assert failed otherwise", json!({"result": [err("syntax error")]}), Verdict::Failed),
+            (
+                "the commit failed",
+                json!({"result": [ok, ok, ok, ok, ok, ok, err("referential integrity")]}),
+                Verdict::Failed,
+            ),
+            ("a JSON-RPC error", json!({"result": null, "error": "unknown database"}), Verdict::Failed),
+            ("an empty result", json!({"result": [], "error": null}), Verdict::Failed),
+            ("no result at all", json!({"id": 3}), Verdict::Failed),
+        ];
+        for (name, reply, want) in cases {
+            assert_eq!(verdict(&reply, 2), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_batch_asserts_the_lock_then_each_fix_then_names_its_ports() {
+        let fix = |port: &str| Fix {
+            ops: [json!({"op": "wait", "port": port}), json!({"op": "mutate", "port": port})],
+            change: crate::policy::Change {
+                port: port.into(),
+                before: Default::default(),
+                after: Default::default(),
+                cause: crate::policy::Cause::Started,
+            },
+        };
+        let fixes: Vec<Fix> = (0..10).map(|i| fix(&format!("p{i}"))).collect();
+        let params = batch_params("the-lock", fixes.iter());
+        let ops = params.as_array().expect("array");
+        assert_eq!(ops.len(), 1 + 1 + 2 * 10 + 1);
+        assert_eq!((&ops[0], &ops[1]), (&json!(NB_DB), &json!({"op": "assert", "lock": "the-lock"})));
+        assert_eq!(ops[3], json!({"op": "mutate", "port": "p0"}));
+        assert_eq!(ops[21], json!({"op": "mutate", "port": "p9"}));
+        assert_eq!(ops[22]["comment"], "ovn-nb-proxy: reconcile p0 p1 p2 p3 p4 p5 p6 p7 and 2 more");
+    }
 
     impl Reconciler {
         fn in_flight(&self) -> HashSet<Uuid> {

@@ -293,10 +293,7 @@ impl Proxy {
     /// get `drain_grace` to finish by themselves, and whatever is left is closed.
     pub async fn serve(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        // Sessions end on `hard`: at the end of the drain, not at the first signal.
         let hard = CancellationToken::new();
-        let permits = Arc::new(Semaphore::new(self.cfg.max_sessions));
-        let next_id = Arc::new(AtomicU64::new(1));
         tracker.spawn(probe_upstream(self.nb.clone(), shutdown.clone()));
         tracker.spawn(memory::give_back_after_bursts(
             shutdown.clone(),
@@ -324,46 +321,18 @@ impl Proxy {
             tracker.spawn(tls.clone().watch(Duration::from_secs(2), shutdown.clone()));
         }
         let sessions = TaskTracker::new();
+        let accepting = Accepting {
+            cfg: self.cfg.clone(),
+            shared: self.shared.clone(),
+            nb: self.nb.clone(),
+            permits: Arc::new(Semaphore::new(self.cfg.max_sessions)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            sessions: sessions.clone(),
+            hard: hard.clone(),
+        };
         for listener in self.listeners {
             info!(listen = %listener.local_addr(), "listening");
-            let (cfg, shared, nb) = (self.cfg.clone(), self.shared.clone(), self.nb.clone());
-            let (permits, next_id, sessions) = (permits.clone(), next_id.clone(), sessions.clone());
-            let (shutdown, hard) = (shutdown.clone(), hard.clone());
-            tracker.spawn(async move {
-                loop {
-                    // A permit first, then accept: past the bound, clients wait in the backlog.
-                    let permit = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    };
-                    let accepted = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        a = listener.accept() => a,
-                    };
-                    let (io, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    let span = tracing::info_span!("session", id, peer = %peer);
-                    let (cfg, shared, nb, hard) = (cfg.clone(), shared.clone(), nb.clone(), hard.clone());
-                    sessions.spawn(
-                        async move {
-                            shared.metrics.sessions.inc();
-                            shared.metrics.sessions_open.inc();
-                            session::run(io, id, &peer, &cfg, &nb, &shared, hard).await;
-                            shared.metrics.sessions_open.dec();
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
-                }
-                drop(listener);
-            });
+            tracker.spawn(accepting.clone().run(listener, shutdown.clone()));
         }
         tracker.close();
         tracker.wait().await;
@@ -384,6 +353,60 @@ impl Proxy {
         if let Some(r) = &self.shared.recorder {
             r.stop();
         }
+    }
+}
+
+/// What a listener's accept loop needs to start sessions.
+#[derive(Clone)]
+struct Accepting {
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    nb: Arc<Upstreams>,
+    /// One per session served at once.
+    permits: Arc<Semaphore>,
+    next_id: Arc<AtomicU64>,
+    sessions: TaskTracker,
+    /// Sessions end on `hard`: at the end of the drain, not at the first signal.
+    hard: CancellationToken,
+}
+
+impl Accepting {
+    /// Accepts clients on `listener` until `shutdown`, one session task each.
+    async fn run(self, listener: Listener, shutdown: CancellationToken) {
+        loop {
+            // A permit first, then accept: past the bound, clients wait in the backlog.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let (io, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("session", id, peer = %peer);
+            let (cfg, shared, nb, hard) =
+                (self.cfg.clone(), self.shared.clone(), self.nb.clone(), self.hard.clone());
+            self.sessions.spawn(
+                async move {
+                    shared.metrics.sessions.inc();
+                    shared.metrics.sessions_open.inc();
+                    session::run(io, id, &peer, &cfg, &nb, &shared, hard).await;
+                    shared.metrics.sessions_open.dec();
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        drop(listener);
     }
 }
 

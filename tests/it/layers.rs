@@ -120,3 +120,132 @@ fn the_harness_is_not_a_dependency_of_the_product() {
         assert!(!text.contains("ovn_nb_lab"), "{rel} names the harness");
     }
 }
+
+/// The code's text with string and char literals and comments blanked (braces in them do
+/// not count).
+fn code_only(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &text[i..];
+        let (skip, keep_newlines) = if rest.starts_with("//") {
+            (rest.find('\n').unwrap_or(rest.len()), false)
+        } else if let Some(r) = rest.strip_prefix('r').filter(|r| r.starts_with('"') || r.starts_with('#')) {
+            let hashes = r.len() - r.trim_start_matches('#').len();
+            let close = format!("\"{}", "#".repeat(hashes));
+            match r[hashes..].strip_prefix('"').and_then(|body| body.find(&close)) {
+                Some(end) => (1 + hashes + 1 + end + close.len(), true),
+                None => (1, false),
+            }
+        } else if rest.starts_with('"') {
+            let mut j = 1;
+            while j < rest.len() && rest.as_bytes()[j] != b'"' {
+                j += if rest.as_bytes()[j] == b'\\' { 2 } else { 1 };
+            }
+            (j + 1, true)
+        } else if let Some(body) = rest.strip_prefix('\'') {
+            // A char literal ('x', '\n', '\'', '\u{1F}'), not a lifetime ('a).
+            let end = match body.strip_prefix('\\') {
+                Some(escaped) => escaped.get(1..).and_then(|e| e.find('\'')).map(|k| k + 2),
+                None => body.char_indices().nth(1).filter(|(_, c)| *c == '\'').map(|(k, _)| k),
+            };
+            (end.map_or(1, |k| k + 2), false)
+        } else {
+            let c = rest.chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        };
+        let skipped = &text[i..(i + skip).min(text.len())];
+        if keep_newlines {
+            out.extend(skipped.chars().filter(|c| *c == '\n'));
+        }
+        out.push(' ');
+        i += skip.max(1);
+    }
+    out
+}
+
+/// Functions longer than `max` lines in `text` (its product part): (name, first line, lines).
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
+    let code = code_only(product_part(text));
+    let lines: Vec<&str> = code.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(at) =
+            line.find("fn ").filter(|&k| k == 0 || !line.as_bytes()[k - 1].is_ascii_alphanumeric())
+        else {
+            continue;
+        };
+        let name: String = line[at + 3..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let (mut depth, mut opened) = (0i32, false);
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            for c in l.chars() {
+                match c {
+                    '{' => (depth, opened) = (depth + 1, true),
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if !opened && l.trim_end().ends_with(';') {
+                break;
+            }
+            if opened && depth <= 0 {
+                if j - i + 1 > max {
+                    found.push((name.clone(), i + 1, j - i + 1));
+                }
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// A newcomer reads a function in one screen and a file in one sitting: no function over 80
+/// lines and no file over 600 lines (unit tests aside) in the product or the harness.
+#[test]
+fn no_function_over_80_lines_and_no_file_over_600() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in [root.join("src"), root.join("lab/src")] {
+        let mut these = Vec::new();
+        collect(&dir, &dir, &mut these);
+        files.extend(these);
+    }
+    let mut wrong = Vec::new();
+    for (rel, text) in &files {
+        if rel.ends_with("tests.rs") || rel.ends_with("testing.rs") {
+            continue;
+        }
+        let lines = product_part(text).lines().count();
+        if lines > 600 {
+            wrong.push(format!("{rel}: {lines} lines before its tests"));
+        }
+        for (name, at, n) in long_functions(text, 80) {
+            wrong.push(format!("{rel}:{at}: fn {name} is {n} lines"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_size_check_sees_a_long_function() {
+    let body = "    let x = \"}\";\n".repeat(81);
+    let text =
+        format!("fn short() {{}}\nfn long() {{\n{body}}}\n// fn not_code() {{\n#[cfg(test)]\nfn t() {{}}");
+    assert_eq!(long_functions(&text, 80), vec![("long".to_string(), 2, 83)]);
+    assert_eq!(code_only("a('{') b r#\"{\"# c '\\'' d<'a>"), "a( ) b   c   d< a>");
+}
+
+fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            collect(base, &path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let rel = path.strip_prefix(base).expect("under base").to_string_lossy().into_owned();
+            out.push((format!("{}/{rel}", base.display()), std::fs::read_to_string(&path).expect("read")));
+        }
+    }
+}

@@ -5,15 +5,20 @@
 //! after each step the options the database holds (read directly, not through the proxy).
 //! Everything started is stopped on exit, Ctrl-C included.
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::ovn::OvnLab;
+use crate::netlab::qemu;
+use crate::netlab::run::{reset, run_once, Arm, Cms, Measured};
+use crate::netlab::PacketLab;
+use crate::ovn::{rarp_frame, Hypervisor, OvnLab, PortBinding};
 use crate::sandbox::{self, NbServer};
-use ovn_nb_proxy::net::remote::{Active, Passive};
-use ovn_nb_proxy::proxy::{Config, Proxy};
+use ovn_nb_proxy::net::remote::{parse_upstreams, Active, Passive};
+use ovn_nb_proxy::proxy::{Config, Proxy, Shared};
 
 pub async fn run(shutdown: CancellationToken) -> Result<()> {
     tokio::select! {
@@ -71,84 +76,7 @@ impl Demo {
 async fn walk_through() -> Result<()> {
     let dir =
         tempfile::Builder::new().prefix("ovn-nb-proxy-demo.").tempdir().context("creating a temp dir")?;
-    let nb = {
-        let d = dir.path().to_path_buf();
-        blocking(move || NbServer::start(&d)).await?
-    };
-    println!("• NB database: ovsdb-server (pid {}) on unix:{}", nb.pid(), nb.socket().display());
-
-    let proxy_sock = dir.path().join("proxy.sock");
-    let cfg = Config::new(vec![Active::Unix(nb.socket())], vec![Passive::Unix(proxy_sock.clone())]);
-    let proxy = Proxy::bind(cfg).await?;
-    let shared = proxy.shared();
-    let demo = Demo { proxy_db: format!("unix:{}", proxy_sock.display()), direct_db: nb.unix_remote() };
-    println!("• proxy: listening on {}, upstream {}", demo.proxy_db, demo.direct_db);
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(proxy.serve(stop.clone()));
-    wait_synced(&shared).await?;
-
-    println!("\n== A VM port running on hv1 ==");
-    demo.nbctl(&["init"]).await?;
-    demo.nbctl(&["ls-add", "sw0"]).await?;
-    demo.nbctl(&["lsp-add", "sw0", "vm1"]).await?;
-    demo.nbctl(&["lsp-set-addresses", "vm1", "00:00:00:00:00:01 10.0.0.11"]).await?;
-    demo.nbctl(&["lsp-set-options", "vm1", "requested-chassis=hv1"]).await?;
-    demo.show_options("vm1").await?;
-
-    println!("== The CMS tags the port as migrating to hv2 (tags only: the proxy writes the options) ==");
-    demo.nbctl(&["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"]).await?;
-    demo.show_options("vm1").await?;
-
-    println!("== A writer that knows nothing of migration replaces the options ==");
-    demo.nbctl(&["lsp-set-options", "vm1", "requested-chassis=hv1", "mcast_flood=true"]).await?;
-    demo.show_options("vm1").await?;
-
-    println!("== The migration succeeds ==");
-    demo.nbctl(&["set", "Logical_Switch_Port", "vm1", "external_ids:migration-phase=Succeeded"]).await?;
-    demo.show_options("vm1").await?;
-
-    println!("== A second port migrates to hv3 and fails ==");
-    demo.nbctl(&["lsp-add", "sw0", "vm2", "--", "lsp-set-options", "vm2", "requested-chassis=hv1"]).await?;
-    demo.nbctl(&["set", "Logical_Switch_Port", "vm2", "external_ids:migration-destination=hv3"]).await?;
-    demo.show_options("vm2").await?;
-    demo.nbctl(&["set", "Logical_Switch_Port", "vm2", "external_ids:migration-phase=Failed"]).await?;
-    demo.show_options("vm2").await?;
-
-    println!("== A third port is tagged by a writer that bypasses the proxy: the reconciler fixes it ==");
-    demo.nbctl(&["lsp-add", "sw0", "vm3", "--", "lsp-set-options", "vm3", "requested-chassis=hv1"]).await?;
-    let direct = demo.direct_db.clone();
-    let t0 = Instant::now();
-    demo.nbctl_at(&direct, &["set", "Logical_Switch_Port", "vm3", "external_ids:migration-destination=hv2"])
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !demo.options("vm3").await?.contains("rarp") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    println!("  (reconciled within {} ms)", t0.elapsed().as_millis());
-    demo.show_options("vm3").await?;
-
-    println!("== What the database holds now (read directly, not through the proxy) ==");
-    let dump = blocking(move || {
-        sandbox::run_tool(
-            "ovsdb-client",
-            &["dump", &direct, "OVN_Northbound", "Logical_Switch_Port", "name", "options", "external_ids"],
-        )
-    })
-    .await?;
-    print!("{dump}");
-
-    println!("\n== What the proxy counted ==");
-    let text = shared.encode_metrics();
-    let interesting = |l: &&str| {
-        !l.starts_with('#') && !l.contains("_bucket") && !l.ends_with(" 0") && !l.ends_with(" 0.0")
-    };
-    for line in text.lines().filter(interesting) {
-        println!("  {line}");
-    }
-    stop.cancel();
-    let _ = serving.await;
-    drop(nb);
-
+    one_database(dir.path()).await?;
     let have_ovn = ["ovn-northd", "ovn-controller", "ovs-vswitchd", "ovs-vsctl"]
         .iter()
         .all(|t| sandbox::require(t).is_ok());
@@ -165,106 +93,251 @@ async fn walk_through() -> Result<()> {
     Ok(())
 }
 
+/// Part one: one NB database and the proxy in front of it; the ports' stories, what the
+/// database holds at the end, what the proxy counted. Both are stopped on return.
+async fn one_database(dir: &Path) -> Result<()> {
+    let nb = {
+        let d = dir.to_path_buf();
+        blocking(move || NbServer::start(&d)).await?
+    };
+    println!("• NB database: ovsdb-server (pid {}) on unix:{}", nb.pid(), nb.socket().display());
+
+    let proxy_sock = dir.join("proxy.sock");
+    let cfg = Config::new(vec![Active::Unix(nb.socket())], vec![Passive::Unix(proxy_sock.clone())]);
+    let proxy = Proxy::bind(cfg).await?;
+    let shared = proxy.shared();
+    let demo = Demo { proxy_db: format!("unix:{}", proxy_sock.display()), direct_db: nb.unix_remote() };
+    println!("• proxy: listening on {}, upstream {}", demo.proxy_db, demo.direct_db);
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(proxy.serve(stop.clone()));
+    wait_synced(&shared).await?;
+
+    demo.migrations().await?;
+    demo.reconciled().await?;
+    demo.dump().await?;
+    print_metrics(&shared);
+    stop.cancel();
+    let _ = serving.await;
+    drop(nb);
+    Ok(())
+}
+
+impl Demo {
+    /// A port that migrates and succeeds (a writer meanwhile knowing nothing of it), one that
+    /// fails.
+    async fn migrations(&self) -> Result<()> {
+        println!("\n== A VM port running on hv1 ==");
+        self.nbctl(&["init"]).await?;
+        self.nbctl(&["ls-add", "sw0"]).await?;
+        self.nbctl(&["lsp-add", "sw0", "vm1"]).await?;
+        self.nbctl(&["lsp-set-addresses", "vm1", "00:00:00:00:00:01 10.0.0.11"]).await?;
+        self.nbctl(&["lsp-set-options", "vm1", "requested-chassis=hv1"]).await?;
+        self.show_options("vm1").await?;
+
+        println!("== The CMS tags the port as migrating to hv2 (tags only: the proxy writes the options) ==");
+        self.nbctl(&["set", "Logical_Switch_Port", "vm1", "external_ids:migration-destination=hv2"]).await?;
+        self.show_options("vm1").await?;
+
+        println!("== A writer that knows nothing of migration replaces the options ==");
+        self.nbctl(&["lsp-set-options", "vm1", "requested-chassis=hv1", "mcast_flood=true"]).await?;
+        self.show_options("vm1").await?;
+
+        println!("== The migration succeeds ==");
+        self.nbctl(&["set", "Logical_Switch_Port", "vm1", "external_ids:migration-phase=Succeeded"]).await?;
+        self.show_options("vm1").await?;
+
+        println!("== A second port migrates to hv3 and fails ==");
+        self.nbctl(&["lsp-add", "sw0", "vm2", "--", "lsp-set-options", "vm2", "requested-chassis=hv1"])
+            .await?;
+        self.nbctl(&["set", "Logical_Switch_Port", "vm2", "external_ids:migration-destination=hv3"]).await?;
+        self.show_options("vm2").await?;
+        self.nbctl(&["set", "Logical_Switch_Port", "vm2", "external_ids:migration-phase=Failed"]).await?;
+        self.show_options("vm2").await
+    }
+
+    /// A port tagged behind the proxy's back, fixed by its reconciler.
+    async fn reconciled(&self) -> Result<()> {
+        println!("== A third port is tagged by a writer that bypasses the proxy: the reconciler fixes it ==");
+        self.nbctl(&["lsp-add", "sw0", "vm3", "--", "lsp-set-options", "vm3", "requested-chassis=hv1"])
+            .await?;
+        let t0 = Instant::now();
+        self.nbctl_at(
+            &self.direct_db.clone(),
+            &["set", "Logical_Switch_Port", "vm3", "external_ids:migration-destination=hv2"],
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.options("vm3").await?.contains("rarp") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!("  (reconciled within {} ms)", t0.elapsed().as_millis());
+        self.show_options("vm3").await
+    }
+
+    /// The port table as the database holds it.
+    async fn dump(&self) -> Result<()> {
+        println!("== What the database holds now (read directly, not through the proxy) ==");
+        let direct = self.direct_db.clone();
+        let dump = blocking(move || {
+            sandbox::run_tool(
+                "ovsdb-client",
+                &[
+                    "dump",
+                    &direct,
+                    "OVN_Northbound",
+                    "Logical_Switch_Port",
+                    "name",
+                    "options",
+                    "external_ids",
+                ],
+            )
+        })
+        .await?;
+        print!("{dump}");
+        Ok(())
+    }
+}
+
+/// The proxy's counters that are not zero.
+fn print_metrics(shared: &Shared) {
+    println!("\n== What the proxy counted ==");
+    let text = shared.encode_metrics();
+    let interesting = |l: &&str| {
+        !l.starts_with('#') && !l.contains("_bucket") && !l.ends_with(" 0") && !l.ends_with(" 0.0")
+    };
+    for line in text.lines().filter(interesting) {
+        println!("  {line}");
+    }
+}
+
 /// Part two: real OVN. ovn-northd and two simulated hypervisors (ovn-controller on the dummy
 /// datapath); the CMS writes only tags through the proxy; the proxy watches the Southbound and
 /// prints the migration's timeline.
-async fn two_hypervisors(dir: &std::path::Path) -> Result<()> {
+async fn two_hypervisors(dir: &Path) -> Result<()> {
     println!("\n== Real OVN: ovn-northd and two hypervisors (hv1, hv2) on the dummy datapath ==");
     let lab_dir = dir.join("lab");
     std::fs::create_dir_all(&lab_dir)?;
-    let lab = {
-        let d = lab_dir.clone();
-        blocking(move || OvnLab::start(&d, &["hv1", "hv2"])).await?
-    };
-    let lab = std::sync::Arc::new(lab);
+    let lab = blocking(move || OvnLab::start(&lab_dir, &["hv1", "hv2"])).await?;
     let proxy_sock = dir.join("proxy-lab.sock");
     let (shared, stop, serving) = serve_watching_sb(&lab.nb_remote(), &lab.sb_remote(), &proxy_sock).await?;
     let demo = Demo { proxy_db: format!("unix:{}", proxy_sock.display()), direct_db: lab.nb_remote() };
     println!("• NB {}  SB {}  proxy {} (watching the SB)", lab.nb_remote(), lab.sb_remote(), demo.proxy_db);
     wait_synced(&shared).await?;
 
-    let binding = |what: &'static str| {
-        let lab = lab.clone();
-        async move {
+    let part = LabDemo { demo, lab: Arc::new(lab) };
+    part.vm_on_hv1().await?;
+    part.migrate().await?;
+    print_timeline(&shared).await;
+    stop.cancel();
+    let _ = serving.await;
+    Ok(())
+}
+
+/// Part two's handles: `ovn-nbctl` through the proxy, and the lab behind it.
+struct LabDemo {
+    demo: Demo,
+    lab: Arc<OvnLab>,
+}
+
+impl LabDemo {
+    /// Prints the SB binding of `vm`, at step `what`.
+    async fn binding(&self, what: &str) -> Result<PortBinding> {
+        let lab = self.lab.clone();
+        let pb = blocking(move || lab.port_binding("vm")).await?;
+        println!(
+            "  → SB Port_Binding vm [{what}]: chassis={} additional={:?} requested={} requested-additional={:?} activated={} up={}",
+            pb.chassis.as_deref().unwrap_or("-"),
+            pb.additional_chassis,
+            pb.requested_chassis.as_deref().unwrap_or("-"),
+            pb.requested_additional_chassis,
+            pb.options.get("additional-chassis-activated").map(String::as_str).unwrap_or("-"),
+            pb.up.map(|u| u.to_string()).unwrap_or_else(|| "-".into())
+        );
+        Ok(pb)
+    }
+
+    /// Runs `f` on hypervisor `hv`, off the async workers.
+    async fn hv_do(&self, hv: &'static str, f: fn(&Hypervisor) -> Result<()>) -> Result<()> {
+        let lab = self.lab.clone();
+        blocking(move || f(lab.hv(hv)?)).await
+    }
+
+    /// Waits (10 s at most) until the SB binding of `vm` satisfies `pred`.
+    async fn wait_for(&self, what: &str, pred: fn(&PortBinding) -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lab = self.lab.clone();
             let pb = blocking(move || lab.port_binding("vm")).await?;
-            println!(
-                "  → SB Port_Binding vm [{what}]: chassis={} additional={:?} requested={} requested-additional={:?} activated={} up={}",
-                pb.chassis.as_deref().unwrap_or("-"),
-                pb.additional_chassis,
-                pb.requested_chassis.as_deref().unwrap_or("-"),
-                pb.requested_additional_chassis,
-                pb.options.get("additional-chassis-activated").map(String::as_str).unwrap_or("-"),
-                pb.up.map(|u| u.to_string()).unwrap_or_else(|| "-".into())
-            );
-            Ok::<_, anyhow::Error>(pb)
-        }
-    };
-    let hv_do = |hv: &'static str, f: fn(&crate::ovn::Hypervisor) -> Result<()>| {
-        let lab = lab.clone();
-        async move { blocking(move || f(lab.hv(hv)?)).await }
-    };
-    let wait_for = |what: &'static str, pred: fn(&crate::ovn::PortBinding) -> bool| {
-        let lab = lab.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let l = lab.clone();
-                let pb = blocking(move || l.port_binding("vm")).await?;
-                if pred(&pb) {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                if Instant::now() > deadline {
-                    bail!("not within 10 s: {what}");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if pred(&pb) {
+                return Ok(());
             }
+            if Instant::now() > deadline {
+                bail!("not within 10 s: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    };
+    }
 
-    println!("\n== The VM runs on hv1 ==");
-    demo.nbctl(&[
-        "ls-add",
-        "ls0",
-        "--",
-        "lsp-add",
-        "ls0",
-        "vm",
-        "--",
-        "lsp-set-addresses",
-        "vm",
-        "00:00:00:00:00:10 10.0.0.10",
-    ])
-    .await?;
-    demo.nbctl(&["lsp-set-options", "vm", "requested-chassis=hv1"]).await?;
-    println!("$ (hv1) ovs-vsctl add-port br-int vm -- set Interface vm external_ids:iface-id=vm");
-    hv_do("hv1", |h| h.add_vif("vm", "vm")).await?;
-    wait_for("vm bound on hv1", |pb| pb.chassis.as_deref() == Some("hv1") && pb.up == Some(true)).await?;
-    binding("running on hv1").await?;
+    async fn vm_on_hv1(&self) -> Result<()> {
+        println!("\n== The VM runs on hv1 ==");
+        self.demo
+            .nbctl(&[
+                "ls-add",
+                "ls0",
+                "--",
+                "lsp-add",
+                "ls0",
+                "vm",
+                "--",
+                "lsp-set-addresses",
+                "vm",
+                "00:00:00:00:00:10 10.0.0.10",
+            ])
+            .await?;
+        self.demo.nbctl(&["lsp-set-options", "vm", "requested-chassis=hv1"]).await?;
+        println!("$ (hv1) ovs-vsctl add-port br-int vm -- set Interface vm external_ids:iface-id=vm");
+        self.hv_do("hv1", |h| h.add_vif("vm", "vm")).await?;
+        self.wait_for("vm bound on hv1", |pb| pb.chassis.as_deref() == Some("hv1") && pb.up == Some(true))
+            .await?;
+        self.binding("running on hv1").await.map(drop)
+    }
 
-    println!("\n== The CMS tags the migration to hv2; the target's VIF appears there ==");
-    demo.nbctl(&["set", "Logical_Switch_Port", "vm", "external_ids:migration-destination=hv2"]).await?;
-    demo.show_options("vm").await?;
-    println!("$ (hv2) ovs-vsctl add-port br-int vm -- set Interface vm external_ids:iface-id=vm");
-    hv_do("hv2", |h| h.add_vif("vm", "vm")).await?;
-    wait_for("hv2 bound as additional", |pb| pb.additional_chassis == ["hv2"]).await?;
-    binding("both bound, hv2 blocked until the RARP").await?;
+    /// The migration to hv2: tagged, the destination bound, the RARP, the CMS's success.
+    async fn migrate(&self) -> Result<()> {
+        println!("\n== The CMS tags the migration to hv2; the target's VIF appears there ==");
+        self.demo
+            .nbctl(&["set", "Logical_Switch_Port", "vm", "external_ids:migration-destination=hv2"])
+            .await?;
+        self.demo.show_options("vm").await?;
+        println!("$ (hv2) ovs-vsctl add-port br-int vm -- set Interface vm external_ids:iface-id=vm");
+        self.hv_do("hv2", |h| h.add_vif("vm", "vm")).await?;
+        self.wait_for("hv2 bound as additional", |pb| pb.additional_chassis == ["hv2"]).await?;
+        self.binding("both bound, hv2 blocked until the RARP").await?;
 
-    println!("\n== The VM resumes on hv2 and sends its RARP ==");
-    println!("$ (hv2) ovs-appctl netdev-dummy/receive vm <RARP from 00:00:00:00:00:10>");
-    hv_do("hv2", |h| h.inject("vm", &crate::ovn::rarp_frame("00:00:00:00:00:10")?)).await?;
-    wait_for("hv2 activated", |pb| {
-        pb.options.get("additional-chassis-activated").is_some_and(|a| a == "hv2")
-    })
-    .await?;
-    binding("hv2 activated").await?;
-
-    println!("\n== The CMS reports success ==");
-    demo.nbctl(&["set", "Logical_Switch_Port", "vm", "external_ids:migration-phase=succeeded"]).await?;
-    demo.show_options("vm").await?;
-    wait_for("hv2 alone", |pb| pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty())
+        println!("\n== The VM resumes on hv2 and sends its RARP ==");
+        println!("$ (hv2) ovs-appctl netdev-dummy/receive vm <RARP from 00:00:00:00:00:10>");
+        self.hv_do("hv2", |h| h.inject("vm", &rarp_frame("00:00:00:00:00:10")?)).await?;
+        self.wait_for("hv2 activated", |pb| {
+            pb.options.get("additional-chassis-activated").is_some_and(|a| a == "hv2")
+        })
         .await?;
-    binding("hv2 alone").await?;
+        self.binding("hv2 activated").await?;
 
+        println!("\n== The CMS reports success ==");
+        self.demo
+            .nbctl(&["set", "Logical_Switch_Port", "vm", "external_ids:migration-phase=succeeded"])
+            .await?;
+        self.demo.show_options("vm").await?;
+        self.wait_for("hv2 alone", |pb| {
+            pb.chassis.as_deref() == Some("hv2") && pb.additional_chassis.is_empty()
+        })
+        .await?;
+        self.binding("hv2 alone").await.map(drop)
+    }
+}
+
+/// The proxy's timeline of `vm`, once it has seen the port on one chassis (5 s at most).
+async fn print_timeline(shared: &Shared) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while shared.timelines.get("vm").is_none_or(|m| m.sb_state() != "single-chassis")
         && Instant::now() < deadline
@@ -273,9 +346,6 @@ async fn two_hypervisors(dir: &std::path::Path) -> Result<()> {
     }
     println!("\n== The proxy's timeline (ovs-appctl migrations/show vm) ==");
     print!("{}", shared.timelines.render_show("vm").unwrap_or_default());
-    stop.cancel();
-    let _ = serving.await;
-    Ok(())
 }
 
 /// Part three: real packets. Chassis in network namespaces on the OVS userspace datapath, a VM
@@ -283,15 +353,14 @@ async fn two_hypervisors(dir: &std::path::Path) -> Result<()> {
 /// to it and probes it every 2 ms: once with the CMS writing tags through the proxy, once as a
 /// CMS without migration support would (`requested-chassis=hv2` a second after the VM resumed);
 /// with a QEMU guest too when QEMU is installed.
-async fn real_packets(dir: &std::path::Path) -> Result<()> {
-    use crate::netlab::run::{reset, run_once, Arm, Cms, Measured};
+async fn real_packets(dir: &Path) -> Result<()> {
     println!("\n== Real packets: a TCP stream to a VM that live-migrates hv1 → hv2 ==");
     let lab_dir = dir.join("packets");
     std::fs::create_dir_all(&lab_dir)?;
     let started = {
         let d = lab_dir.clone();
         blocking(move || {
-            let mut lab = crate::netlab::PacketLab::start(&d, 2, "hv1")?;
+            let mut lab = PacketLab::start(&d, 2, "hv1")?;
             lab.namespace_vm()?;
             Ok(lab)
         })
@@ -312,27 +381,23 @@ async fn real_packets(dir: &std::path::Path) -> Result<()> {
          the VM pre-plugged on both, as libvirt does; the peer on hv1 sends a TCP record every 1 ms \
          (echoed by the VM) and a UDP probe every 2 ms"
     );
-    let say = |what: &str, m: &Measured| {
-        let tcp = if m.tcp_survived {
-            "the TCP stream survived (every record echoed, in order)".to_string()
-        } else {
-            format!("the TCP stream BROKE ({})", m.tcp_error.as_deref().unwrap_or("?"))
-        };
-        println!(
-            "  {what}:\n    {tcp}; longest interruption {:.1} ms ({} probes lost), TCP stalled {:.1} ms at most{}",
-            m.interruption_ms,
-            m.lost,
-            m.tcp_stall_ms,
-            m.qemu_downtime_ms.map(|d| format!("; QEMU's downtime {d:.0} ms")).unwrap_or_default()
-        );
-    };
+    let lab = Arc::new(Mutex::new(lab));
+    namespace_vm(&lab, &proxy_sock).await?;
+    qemu_guest(&lab, &proxy_sock, &lab_dir).await?;
+    stop.cancel();
+    let _ = serving.await;
+    Ok(())
+}
+
+/// The namespace VM migrated twice: the CMS writing tags through the proxy, then a CMS without
+/// migration support.
+async fn namespace_vm(lab: &Arc<Mutex<PacketLab>>, proxy_sock: &Path) -> Result<()> {
     let arms = [
         (Arm::Proxy, "the CMS writes only tags, through the proxy"),
         (Arm::Naive(1000), "a CMS without migration support: requested-chassis=hv2 1 s after the VM resumed"),
     ];
-    let lab = std::sync::Arc::new(std::sync::Mutex::new(lab));
     for (arm, what) in arms {
-        let (l, sock) = (lab.clone(), proxy_sock.clone());
+        let (l, sock) = (lab.clone(), proxy_sock.to_path_buf());
         let m = blocking(move || {
             let mut lab = l.lock().map_err(|_| anyhow::anyhow!("lab lock"))?;
             let nb = lab.nb_socket();
@@ -342,27 +407,45 @@ async fn real_packets(dir: &std::path::Path) -> Result<()> {
         .await?;
         say(what, &m);
     }
-    let have_qemu =
-        sandbox::require("qemu-system-x86_64").is_ok() && std::path::Path::new("/bin/busybox").is_file();
-    if have_qemu {
-        let (l, sock, d) = (lab.clone(), proxy_sock.clone(), lab_dir.clone());
-        let m = blocking(move || {
-            let guest = crate::netlab::qemu::prepare(&d)?;
-            let mut lab = l.lock().map_err(|_| anyhow::anyhow!("lab lock"))?;
-            let nb = lab.nb_socket();
-            crate::netlab::qemu::run_once(&mut lab, &guest, Arm::Proxy, &Cms { proxy: &sock, nb: &nb })
-        })
-        .await;
-        match m {
-            Ok(m) => say("a QEMU guest live-migrated by QEMU, the CMS writing tags through the proxy", &m),
-            Err(e) => println!("  (the QEMU guest could not run here: {e:#})"),
-        }
-    } else {
-        println!("  (QEMU not installed: tools/dataplane.sh qemu installs it and runs the real guest)");
-    }
-    stop.cancel();
-    let _ = serving.await;
     Ok(())
+}
+
+/// A QEMU guest live-migrated by QEMU, when QEMU is installed.
+async fn qemu_guest(lab: &Arc<Mutex<PacketLab>>, proxy_sock: &Path, lab_dir: &Path) -> Result<()> {
+    let have_qemu = sandbox::require("qemu-system-x86_64").is_ok() && Path::new("/bin/busybox").is_file();
+    if !have_qemu {
+        println!("  (QEMU not installed: tools/dataplane.sh qemu installs it and runs the real guest)");
+        return Ok(());
+    }
+    let (l, sock, d) = (lab.clone(), proxy_sock.to_path_buf(), lab_dir.to_path_buf());
+    let m = blocking(move || {
+        let guest = qemu::prepare(&d)?;
+        let mut lab = l.lock().map_err(|_| anyhow::anyhow!("lab lock"))?;
+        let nb = lab.nb_socket();
+        qemu::run_once(&mut lab, &guest, Arm::Proxy, &Cms { proxy: &sock, nb: &nb })
+    })
+    .await;
+    match m {
+        Ok(m) => say("a QEMU guest live-migrated by QEMU, the CMS writing tags through the proxy", &m),
+        Err(e) => println!("  (the QEMU guest could not run here: {e:#})"),
+    }
+    Ok(())
+}
+
+/// What one run measured, in a sentence.
+fn say(what: &str, m: &Measured) {
+    let tcp = if m.tcp_survived {
+        "the TCP stream survived (every record echoed, in order)".to_string()
+    } else {
+        format!("the TCP stream BROKE ({})", m.tcp_error.as_deref().unwrap_or("?"))
+    };
+    println!(
+        "  {what}:\n    {tcp}; longest interruption {:.1} ms ({} probes lost), TCP stalled {:.1} ms at most{}",
+        m.interruption_ms,
+        m.lost,
+        m.tcp_stall_ms,
+        m.qemu_downtime_ms.map(|d| format!("; QEMU's downtime {d:.0} ms")).unwrap_or_default()
+    );
 }
 
 /// A proxy in front of the NB remote `nb`, watching the SB remote `sb`, listening on `sock`;
@@ -370,11 +453,10 @@ async fn real_packets(dir: &std::path::Path) -> Result<()> {
 async fn serve_watching_sb(
     nb: &str,
     sb: &str,
-    sock: &std::path::Path,
-) -> Result<(std::sync::Arc<ovn_nb_proxy::proxy::Shared>, CancellationToken, tokio::task::JoinHandle<()>)> {
-    let mut cfg =
-        Config::new(ovn_nb_proxy::net::remote::parse_upstreams(nb)?, vec![Passive::Unix(sock.to_path_buf())]);
-    cfg.sb = ovn_nb_proxy::net::remote::parse_upstreams(sb)?;
+    sock: &Path,
+) -> Result<(Arc<Shared>, CancellationToken, tokio::task::JoinHandle<()>)> {
+    let mut cfg = Config::new(parse_upstreams(nb)?, vec![Passive::Unix(sock.to_path_buf())]);
+    cfg.sb = parse_upstreams(sb)?;
     let proxy = Proxy::bind(cfg).await?;
     let shared = proxy.shared();
     let stop = CancellationToken::new();
@@ -382,7 +464,7 @@ async fn serve_watching_sb(
     Ok((shared, stop, serving))
 }
 
-async fn wait_synced(shared: &ovn_nb_proxy::proxy::Shared) -> Result<()> {
+async fn wait_synced(shared: &Shared) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !shared.cache.is_synced() {
         if Instant::now() > deadline {

@@ -190,6 +190,11 @@ impl SbCache {
         self.chassis.values().filter(|(_, h)| !h.is_empty()).map(|(n, h)| (h.clone(), n.clone())).collect()
     }
 
+    /// The options of a logical port's binding, all of them (the lab reads them whole).
+    pub fn options(&self, port: &str) -> Option<&StrMap> {
+        Some(&self.bindings.get(self.ports.get(port)?)?.options)
+    }
+
     /// The binding of a logical port, chassis as names.
     pub fn binding(&self, port: &str) -> Option<Binding> {
         let pb = self.bindings.get(self.ports.get(port)?)?;

@@ -203,34 +203,7 @@ impl PacketLab {
             let names: Vec<&str> = out.split_whitespace().collect();
             this.chassis.iter().all(|c| names.contains(&c.name.as_str())).then_some(())
         })?;
-        this.lab.nbctl(&[
-            "ls-add",
-            "ls0",
-            "--",
-            "lsp-add",
-            "ls0",
-            "peer",
-            "--",
-            "lsp-set-addresses",
-            "peer",
-            &format!("{PEER_MAC} {PEER_IP}"),
-            "--",
-            "lsp-set-options",
-            "peer",
-            &format!("requested-chassis={peer_on}"),
-            "--",
-            "lsp-add",
-            "ls0",
-            "vm",
-            "--",
-            "lsp-set-addresses",
-            "vm",
-            &format!("{VM_MAC} {VM_IP}"),
-            "--",
-            "lsp-set-options",
-            "vm",
-            "requested-chassis=hv1",
-        ])?;
+        this.add_switch(peer_on)?;
         let peer = this.ns.add("peer")?;
         this.veth(&peer, "eth0", this.hv(peer_on)?, "vif-peer")?;
         ip(&["-n", &peer, "link", "set", "eth0", "address", PEER_MAC])?;
@@ -239,6 +212,40 @@ impl PacketLab {
         this.hv(peer_on)?.plug("vif-peer", "peer")?;
         this.peer_ns = peer;
         Ok(this)
+    }
+
+    /// The logical switch `ls0` with ports `peer` (pinned to `peer_on`) and `vm` (pinned to hv1).
+    fn add_switch(&self, peer_on: &str) -> Result<()> {
+        self.lab
+            .nbctl(&[
+                "ls-add",
+                "ls0",
+                "--",
+                "lsp-add",
+                "ls0",
+                "peer",
+                "--",
+                "lsp-set-addresses",
+                "peer",
+                &format!("{PEER_MAC} {PEER_IP}"),
+                "--",
+                "lsp-set-options",
+                "peer",
+                &format!("requested-chassis={peer_on}"),
+                "--",
+                "lsp-add",
+                "ls0",
+                "vm",
+                "--",
+                "lsp-set-addresses",
+                "vm",
+                &format!("{VM_MAC} {VM_IP}"),
+                "--",
+                "lsp-set-options",
+                "vm",
+                "requested-chassis=hv1",
+            ])
+            .map(drop)
     }
 
     fn start_chassis(&mut self, ul: &str, i: usize) -> Result<Chassis> {

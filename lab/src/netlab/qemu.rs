@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::run::{longest_gap, Arm, Cms, Measured};
 use super::{ip, no_offload, Helper, PacketLab, MTU, TCP_PORT, VM_IP, VM_MAC};
+use crate::ovn::SbWatch;
 use crate::sandbox;
 
 /// The kernel modules virtio-net needs, in the order `insmod` takes them.
@@ -275,6 +276,53 @@ impl Qmp {
 /// destination resumes and announces the guest).
 pub fn run_once(lab: &mut PacketLab, guest: &Guest, arm: Arm, cms: &Cms) -> Result<Measured> {
     super::run::reset_options(lab)?;
+    let (src, dst, mig) = boot_pair(lab, guest, arm)?;
+    // The watch's first events are the bindings as they are when it starts.
+    let since = Instant::now();
+    let watch = lab.watch_sb()?;
+    watch.first_since("vm", since, Duration::from_secs(20), |pb| {
+        pb.chassis.as_deref() == Some("hv1") && pb.up == Some(true)
+    })?;
+    // The guest's announce, as it leaves its tap on hv2.
+    let mut rarps = Helper::start(&lab.hv("hv2")?.ns, lab.helper_path(), &["sniff-rarp", "qtap-dst"])?;
+    let (base_i, base_w) = (Instant::now(), super::run::wall(SystemTime::now()));
+    let at = |i: Instant| base_w + i.saturating_duration_since(base_i).as_secs_f64();
+    wait_answering(lab, &src, &watch)?;
+    let traffic = lab.traffic_with(12.0, true)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let first_write = Instant::now();
+    super::run::start_write(arm, cms)?;
+    let mut first_write_to_bound = None;
+    if !matches!(arm, Arm::Naive(_)) {
+        let (t, _) = watch.first_since("vm", first_write, Duration::from_secs(10), |pb| {
+            pb.additional_chassis.iter().any(|c| c == "hv2")
+        })?;
+        first_write_to_bound = Some(t.duration_since(first_write).as_secs_f64() * 1000.0);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (switch, downtime) = migrate(&src, &mig)?;
+    super::run::after_switchover(lab, switch, "qtap-src", arm, cms)?;
+    drop(src);
+    let result = traffic.finish(Duration::from_secs(60))?;
+    let rarp_at = rarps.first("rarp", Duration::from_secs(1)).ok().and_then(|v| v["rarp"].as_f64());
+    drop(rarps);
+    let (activated, final_at) =
+        super::run::sb_milestones(&watch, rarp_at, switch - Duration::from_secs(1), switch, at);
+    drop(dst);
+    lab.hv("hv2")?.unplug("qtap-dst")?;
+    Ok(Measured {
+        rarp_to_activated_ms: activated,
+        first_write_to_bound_ms: first_write_to_bound,
+        switch_to_final_ms: final_at,
+        qemu_downtime_ms: Some(downtime),
+        ..traffic_figures(arm, &result, at(switch) - downtime / 1000.0, at(first_write))
+    })
+}
+
+/// The source QEMU booted on hv1 behind `qtap-src`, the destination waiting on hv2 behind
+/// `qtap-dst` (announcing the guest after the switchover only if `arm`'s VM does), and the
+/// migration socket between them.
+fn boot_pair(lab: &PacketLab, guest: &Guest, arm: Arm) -> Result<(Qemu, Qemu, PathBuf)> {
     let dir = lab.dir().join("qemu");
     std::fs::create_dir_all(&dir)?;
     let (hv1, hv2) = (lab.hv("hv1")?.ns.clone(), lab.hv("hv2")?.ns.clone());
@@ -289,17 +337,12 @@ pub fn run_once(lab: &mut PacketLab, guest: &Guest, arm: Arm, cms: &Cms) -> Resu
         // As with vhost-user: no announce after the switchover.
         dst.qmp()?.execute("migrate-set-parameters", json!({"announce-rounds": 0}))?;
     }
-    // The watch's first events are the bindings as they are when it starts.
-    let since = Instant::now();
-    let watch = lab.watch_sb()?;
-    watch.first_since("vm", since, Duration::from_secs(20), |pb| {
-        pb.chassis.as_deref() == Some("hv1") && pb.up == Some(true)
-    })?;
-    // The guest's announce, as it leaves its tap on hv2.
-    let mut rarps = Helper::start(&hv2, lab.helper_path(), &["sniff-rarp", "qtap-dst"])?;
-    let (base_i, base_w) = (Instant::now(), super::run::wall(SystemTime::now()));
-    let at = |i: Instant| base_w + i.saturating_duration_since(base_i).as_secs_f64();
-    // Wait until the guest answers (ARP, the echo service) before measuring.
+    Ok((src, dst, mig))
+}
+
+/// Waits (30 s at most) until the guest answers the peer (ARP, the echo service), before
+/// measuring; the error says what the guest and hv1 look like.
+fn wait_answering(lab: &PacketLab, src: &Qemu, watch: &SbWatch) -> Result<()> {
     let answers = |secs: &str| -> Result<bool> {
         let mut h = Helper::start(lab.peer_ns(), lab.helper_path(), &["ping", VM_IP, secs])?;
         Ok(h.first("ok", Duration::from_secs(60))?["ok"] == json!(true))
@@ -307,56 +350,46 @@ pub fn run_once(lab: &mut PacketLab, guest: &Guest, arm: Arm, cms: &Cms) -> Resu
     let deadline = Instant::now() + Duration::from_secs(30);
     while !answers("5")? {
         if Instant::now() > deadline {
+            let hv1 = &lab.hv("hv1")?.ns;
             bail!(
                 "the guest does not answer ping from the peer; its console:\n{}\ntap: {:?}\nSB: {:?}\nbr-int: {:?}",
                 src.console_text(),
-                sandbox::run_tool("ip", &["-n", &hv1, "-s", "link", "show", "qtap-src"]),
+                sandbox::run_tool("ip", &["-n", hv1, "-s", "link", "show", "qtap-src"]),
                 watch.current("vm"),
                 lab.hv("hv1")?.vsctl(&["show"])
             );
         }
     }
-    let traffic = lab.traffic_with(12.0, true)?;
-    std::thread::sleep(Duration::from_millis(1500));
-    let first_write = Instant::now();
-    super::run::start_write(arm, cms)?;
-    let mut first_write_to_bound = None;
-    if !matches!(arm, Arm::Naive(_)) {
-        let (t, _) = watch.first_since("vm", first_write, Duration::from_secs(10), |pb| {
-            pb.additional_chassis.iter().any(|c| c == "hv2")
-        })?;
-        first_write_to_bound = Some(t.duration_since(first_write).as_secs_f64() * 1000.0);
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
+/// Migrates the guest from `src` over the socket `mig`; when QEMU said it completed, and its
+/// downtime (ms).
+fn migrate(src: &Qemu, mig: &Path) -> Result<(Instant, f64)> {
     let mut qmp = src.qmp()?;
     qmp.execute("migrate", json!({"uri": format!("unix:{}", mig.display())}))?;
-    let (switch, downtime) = loop {
+    loop {
         let info = qmp.execute("query-migrate", json!({}))?;
         match info["status"].as_str() {
-            Some("completed") => break (Instant::now(), info["downtime"].as_f64().unwrap_or(f64::NAN)),
+            Some("completed") => return Ok((Instant::now(), info["downtime"].as_f64().unwrap_or(f64::NAN))),
             Some("failed") | Some("cancelled") => bail!("migration {}: {info}", info["status"]),
             _ => std::thread::sleep(Duration::from_millis(2)),
         }
-    };
-    super::run::after_switchover(lab, switch, "qtap-src", arm, cms)?;
-    drop(src);
-    let result = traffic.finish(Duration::from_secs(60))?;
-    let rarp_at = rarps.first("rarp", Duration::from_secs(1)).ok().and_then(|v| v["rarp"].as_f64());
-    drop(rarps);
-    let t_switch = at(switch) - downtime / 1000.0;
+    }
+}
+
+/// What the traffic's `result` says, around the switchover at `t_switch` (wall clock) and
+/// before the CMS's first write at `t_write`; the SB milestones left to the caller.
+fn traffic_figures(arm: Arm, result: &Value, t_switch: f64, t_write: f64) -> Measured {
     let end = result["end"].as_f64().unwrap_or(t_switch + 5.0);
     let echo = super::run::times(&result["tcp"]["echo_times"]);
     let replies = super::run::times(&result["udp"]["reply_times"]);
     let window = (t_switch - 0.5, end - 0.1);
-    let noise_until = at(first_write) - 0.05;
+    let noise_until = t_write - 0.05;
     let noise_from = result["start"].as_f64().unwrap_or(noise_until - 1.0) + 0.3;
-    let (activated, final_at) =
-        super::run::sb_milestones(&watch, rarp_at, switch - Duration::from_secs(1), switch, at);
-    drop(dst);
-    lab.hv("hv2")?.unplug("qtap-dst")?;
     let sent = result["udp"]["sent"].as_u64().unwrap_or(0);
     let received = result["udp"]["received"].as_u64().unwrap_or(0);
-    Ok(Measured {
+    Measured {
         arm: arm.label(),
         tcp_survived: result["tcp"]["survived"].as_bool().unwrap_or(false),
         tcp_error: result["tcp"]["error"].as_str().map(String::from),
@@ -365,9 +398,9 @@ pub fn run_once(lab: &mut PacketLab, guest: &Guest, arm: Arm, cms: &Cms) -> Resu
         lost: sent.saturating_sub(received),
         noise_ms: longest_gap(&replies, noise_from, noise_until) * 1000.0,
         dup_to_both: 0,
-        rarp_to_activated_ms: activated,
-        first_write_to_bound_ms: first_write_to_bound,
-        switch_to_final_ms: final_at,
-        qemu_downtime_ms: Some(downtime),
-    })
+        rarp_to_activated_ms: None,
+        first_write_to_bound_ms: None,
+        switch_to_final_ms: None,
+        qemu_downtime_ms: None,
+    }
 }

@@ -14,16 +14,15 @@
 //! | +2 s | traffic stops |
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::PacketLab;
+use crate::client::Blocking;
 use crate::ovn::{PortBinding, SbWatch};
 
 /// How the CMS drives the migration.
@@ -107,24 +106,10 @@ pub struct Cms<'a> {
     pub nb: &'a Path,
 }
 
-/// One JSON-RPC transaction on a fresh connection to `socket`; the reply's result.
+/// One transaction on NB over a fresh connection to `socket`; the reply's result.
 fn transact(socket: &Path, ops: Value) -> Result<Value> {
-    let mut s = UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut params = vec![json!("OVN_Northbound")];
-    params.extend(ops.as_array().cloned().unwrap_or_default());
-    s.write_all(json!({"id": 1, "method": "transact", "params": params}).to_string().as_bytes())?;
-    let mut de = serde_json::Deserializer::from_reader(&mut s).into_iter::<Value>();
-    loop {
-        let msg = de.next().context("connection closed before the reply")??;
-        if msg["id"] == 1 {
-            let result = msg["result"].clone();
-            if let Some(e) = result.as_array().and_then(|r| r.iter().find(|x| x.get("error").is_some())) {
-                bail!("transaction refused: {e}");
-            }
-            return Ok(result);
-        }
-    }
+    let ops = ops.as_array().cloned().unwrap_or_default();
+    Blocking::unix(socket)?.transact("OVN_Northbound", ops)
 }
 
 /// Wall-clock seconds (the helpers' clock: every namespace shares it).

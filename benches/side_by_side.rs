@@ -29,84 +29,51 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use ovn_nb_lab::client::{Blocking, Reader};
 use ovn_nb_lab::sandbox::{ovn_nbctl, require, NbServer};
-use ovn_nb_proxy::wire::{FrameCodec, Scanner};
+use ovn_nb_proxy::wire::Scanner;
 use serde_json::{json, Value};
-use tokio_util::codec::Decoder;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 // ---------------------------------------------------------------------------------------------
-// A minimal blocking JSON-RPC client (answers the server's echo probes).
+// The one OVSDB client, blocking (the lab's, as `replay` drives it): every path is measured
+// with the same client (its own cost per request in every column), so the ratios compare the
+// paths.
 
-struct Rpc<S> {
-    s: S,
-    codec: FrameCodec,
-    buf: BytesMut,
-    next_id: u64,
-}
+/// How long one request may take (a bulk transaction takes seconds on a loaded machine).
+const WAIT: Duration = Duration::from_secs(600);
 
-impl<S: Read + Write> Rpc<S> {
-    fn new(s: S) -> Self {
-        Rpc { s, codec: FrameCodec::new(usize::MAX), buf: BytesMut::with_capacity(64 * 1024), next_id: 1 }
+struct Rpc(Blocking);
+
+impl Rpc {
+    /// `unix:PATH` or `tcp:HOST:PORT`.
+    fn connect(remote: &str) -> Result<Rpc> {
+        Ok(Rpc(Blocking::connect(remote)?.within(WAIT)))
     }
 
-    fn recv(&mut self) -> Result<Value> {
-        loop {
-            if let Some(chunk) = self.codec.decode(&mut self.buf)? {
-                return Ok(serde_json::from_slice(chunk.bytes())?);
-            }
-            let mut tmp = [0u8; 64 * 1024];
-            let n = self.s.read(&mut tmp)?;
-            if n == 0 {
-                return Err("connection closed".into());
-            }
-            self.buf.extend_from_slice(&tmp[..n]);
-        }
+    fn unix(path: &std::path::Path) -> Result<Rpc> {
+        Ok(Rpc(Blocking::unix(path)?.within(WAIT)))
     }
 
     /// Sends a request and waits for its reply; `error` in the reply is an error.
     fn call(&mut self, method: &str, params: Value) -> Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let req = json!({"id": id, "method": method, "params": params});
-        self.s.write_all(&serde_json::to_vec(&req)?)?;
-        loop {
-            let msg = self.recv()?;
-            if msg.get("method").and_then(Value::as_str) == Some("echo") {
-                let reply = json!({"id": msg["id"], "result": msg["params"], "error": null});
-                self.s.write_all(&serde_json::to_vec(&reply)?)?;
-                continue;
-            }
-            if msg.get("id") != Some(&json!(id)) {
-                continue;
-            }
-            if !msg["error"].is_null() {
-                return Err(format!("{method}: {}", msg["error"]).into());
-            }
-            return Ok(msg["result"].clone());
-        }
+        Ok(self.0.call(method, &params)?)
     }
 
     /// A transaction whose per-op results must carry no error.
     fn transact(&mut self, ops: Vec<Value>) -> Result<Value> {
-        let mut params = vec![json!("OVN_Northbound")];
-        params.extend(ops);
-        let result = self.call("transact", Value::Array(params))?;
-        if let Some(bad) = result.as_array().and_then(|r| r.iter().find(|r| r.get("error").is_some())) {
-            return Err(format!("transaction failed: {bad}").into());
-        }
-        Ok(result)
+        Ok(self.0.transact("OVN_Northbound", ops)?)
     }
 }
 
+/// A raw TCP connection, only for the slow reader of the big reply: it reads at its own pace,
+/// where the client reads all it can.
 fn tcp(remote: &str) -> Result<TcpStream> {
     let addr = remote.strip_prefix("tcp:").ok_or("not a tcp: remote")?;
     let s = TcpStream::connect(addr)?;
@@ -120,7 +87,7 @@ fn tcp(remote: &str) -> Result<TcpStream> {
 /// Adds ports `from..to`: one Logical_Switch per 1000 ports, each port with the columns a CMS
 /// sets (addresses, port security, a few external_ids, requested-chassis).
 fn populate_ports(nb: &NbServer, from: usize, to: usize) -> Result<()> {
-    let mut rpc = Rpc::new(UnixStream::connect(nb.socket())?);
+    let mut rpc = Rpc::unix(&nb.socket())?;
     let mut start = from;
     while start < to {
         let end = (start + 1000).min(to);
@@ -160,7 +127,7 @@ fn populate_ports(nb: &NbServer, from: usize, to: usize) -> Result<()> {
 /// Logical_Switch rows carrying `mb` MB of external_ids in total (100 KB per row): a big
 /// monitor reply in a table the proxy does not cache.
 fn populate_big(nb: &NbServer, mb: usize) -> Result<()> {
-    let mut rpc = Rpc::new(UnixStream::connect(nb.socket())?);
+    let mut rpc = Rpc::unix(&nb.socket())?;
     let value: String = "x".repeat(100 * 1024);
     let rows = mb * 10;
     let mut i = 0;
@@ -267,74 +234,30 @@ fn wait_idle(pid: u32) -> Result<()> {
 }
 
 /// A passive monitor: one connection holding the `monitor_cond` the proxy's port cache holds
-/// (the same columns of `Logical_Switch_Port`), reading and dropping what comes (answering
-/// echo). It costs the server what the proxy's own monitor costs it, and the machine little
-/// (`ovsdb-client monitor` would format every update).
-struct PassiveMonitor {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-fn passive_monitor(upstream: &str) -> Result<PassiveMonitor> {
-    let mut s = tcp(upstream)?;
-    let req = json!({"id": "passive", "method": "monitor_cond", "params": ["OVN_Northbound", "passive",
-        {"Logical_Switch_Port": [{"columns": ovn_nb_proxy::cache::nb::COLUMNS}]}]});
-    s.write_all(&serde_json::to_vec(&req)?)?;
-    s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let stop = Arc::new(AtomicBool::new(false));
+/// (the same columns of `Logical_Switch_Port`), reading and dropping what comes (the client
+/// answers echo) until dropped. It costs the server what the proxy's own monitor costs it, and
+/// the machine little (`ovsdb-client monitor` would format every update).
+fn passive_monitor(upstream: &str) -> Result<Reader> {
+    let mut conn = Blocking::connect(upstream)?;
+    conn.request(
+        "monitor_cond",
+        &json!(["OVN_Northbound", "passive",
+            {"Logical_Switch_Port": [{"columns": ovn_nb_proxy::cache::nb::COLUMNS}]}]),
+    );
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut codec = FrameCodec::new(usize::MAX);
-            let mut buf = BytesMut::with_capacity(256 * 1024);
-            let mut tmp = vec![0u8; 256 * 1024];
-            let mut ready = Some(ready_tx);
-            while !stop.load(Ordering::Relaxed) {
-                match s.read(&mut tmp) {
-                    Ok(0) => return,
-                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(_) => return,
-                }
-                while let Ok(Some(frame)) = codec.decode(&mut buf) {
-                    let bytes = frame.bytes();
-                    if memchr::memmem::find(bytes, b"\"echo\"").is_some() {
-                        if let Ok(msg) = serde_json::from_slice::<Value>(bytes) {
-                            if msg["method"] == "echo" {
-                                let r = json!({"id": msg["id"], "result": msg["params"], "error": null});
-                                let _ = s.write_all(&serde_json::to_vec(&r).unwrap_or_default());
-                                continue;
-                            }
-                        }
-                    }
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
+    let mut ready = Some(ready_tx);
+    let reader = conn.read_on_thread(
+        move |_, _| {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(());
             }
-        })
-    };
+        },
+        |_| {},
+    );
     ready_rx
         .recv_timeout(Duration::from_secs(120))
         .map_err(|_| "the passive monitor got no initial reply")?;
-    Ok(PassiveMonitor { stop, handle: Some(handle) })
-}
-
-impl Drop for PassiveMonitor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+    Ok(reader)
 }
 
 /// A TCP port the kernel just handed out: free, barring a race with another process.
@@ -367,7 +290,7 @@ fn start_ovsdb_relay(upstream: &str, dir: &std::path::Path, ports: usize) -> Res
     let remote = format!("tcp:127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut rpc = Rpc::new(tcp(&remote)?);
+        let mut rpc = Rpc::connect(&remote)?;
         let select =
             json!({"op": "select", "table": "Logical_Switch_Port", "where": [], "columns": ["_uuid"]});
         let n = rpc.transact(vec![select]).ok().and_then(|r| r[0]["rows"].as_array().map(Vec::len));
@@ -470,8 +393,8 @@ struct Targets {
 }
 
 fn targets(nb: &NbServer, ports: usize) -> Result<Targets> {
-    let mut rpc = Rpc::new(UnixStream::connect(nb.socket())?);
-    let uuid_of = |rpc: &mut Rpc<UnixStream>, table: &str, name: &str| -> Result<String> {
+    let mut rpc = Rpc::unix(&nb.socket())?;
+    let uuid_of = |rpc: &mut Rpc, table: &str, name: &str| -> Result<String> {
         let r = rpc
             .transact(vec![json!({"op": "select", "table": table, "where": [["name", "==", name]],
             "columns": ["_uuid"]})])?;
@@ -491,7 +414,7 @@ fn update(table: &str, uuid: &str, value: String) -> Value {
 
 /// µs per round trip, `n` sequential requests on one connection.
 fn rtt_us(remote: &str, n: usize, kind: Rtt, t: &Targets) -> Result<f64> {
-    let mut rpc = Rpc::new(tcp(remote)?);
+    let mut rpc = Rpc::connect(remote)?;
     rpc.call("echo", json!([]))?;
     let start = Instant::now();
     for i in 0..n {
@@ -516,9 +439,9 @@ fn throughput(remote: &str, clients: usize, per_client: usize, t: &Targets) -> R
             let barrier = barrier.clone();
             let failed = failed.clone();
             std::thread::spawn(move || -> Result<()> {
-                let conn = tcp(&remote);
+                let conn = Rpc::connect(&remote);
                 barrier.wait();
-                let mut rpc = Rpc::new(conn?);
+                let mut rpc = conn?;
                 for i in 0..per_client {
                     if failed.load(Ordering::Relaxed) {
                         break;
@@ -813,7 +736,7 @@ fn str_map(pairs: &[(&str, &str)]) -> Value {
 /// tags, so the proxy's cache is never free of tags (its fast path does not apply). The
 /// targets' uuids.
 fn populate_bulk(nb: &NbServer, n: usize) -> Result<Vec<String>> {
-    let mut rpc = Rpc::new(UnixStream::connect(nb.socket())?);
+    let mut rpc = Rpc::unix(&nb.socket())?;
     let mut refs = Vec::new();
     for chunk in (0..n + BULK_LEFTOVERS).collect::<Vec<_>>().chunks(1000) {
         let ops: Vec<Value> = chunk
@@ -854,8 +777,8 @@ fn populate_bulk(nb: &NbServer, n: usize) -> Result<Vec<String>> {
 
 /// ms for one transaction of `ops` on `remote`, after `reset` went directly to `db` (untimed).
 fn timed_transact(db: &std::path::Path, reset: &[Value], remote: &str, ops: &[Value]) -> Result<f64> {
-    Rpc::new(UnixStream::connect(db)?).transact(reset.to_vec())?;
-    let mut rpc = Rpc::new(tcp(remote)?);
+    Rpc::unix(db)?.transact(reset.to_vec())?;
+    let mut rpc = Rpc::connect(remote)?;
     rpc.call("echo", json!([]))?;
     let t = Instant::now();
     rpc.transact(ops.to_vec())?;
@@ -922,8 +845,7 @@ fn bulk(runs: usize, n: usize, inserted: usize) -> Result<(Vec<Row>, Vec<String>
         eprintln!("  {what}");
         let db = nb.socket();
         let (db2, reset2) = (db.clone(), reset.to_vec());
-        paths.before_proxy =
-            Some(Box::new(move || Rpc::new(UnixStream::connect(&db2)?).transact(reset2.clone()).map(|_| ())));
+        paths.before_proxy = Some(Box::new(move || Rpc::unix(&db2)?.transact(reset2.clone()).map(|_| ())));
         let row = paths.measure(runs, false, false, |r| timed_transact(&db, reset, r, ops))?;
         rss.push(format!(
             "{what}: proxy VmRSS {:.1} MB settled before, {:.1} MB 10 s after the transaction; a fresh proxy on \

@@ -1,23 +1,21 @@
 //! The one OVSDB client (`ovn_nb_proxy::net::client`) for the harness's blocking code and the
-//! benches: a connection driven from the caller's thread on a current-thread runtime of its own
-//! (as `replay` drives it), or handed to a thread of its own that reads until dropped.
+//! benches: `net::client::Blocking` (driven from the caller's thread, as `replay` drives it)
+//! with calls that wait a bound, or handed to a thread of its own that reads until dropped.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ovn_nb_proxy::net::client::{Client, ClientError, Incoming};
+use ovn_nb_proxy::net::client::{self, ClientError, Incoming};
 use ovn_nb_proxy::net::remote::{parse_upstreams, Active};
 use serde_json::{json, Value};
-use tokio::runtime::Runtime;
 
 /// How long a call waits for its reply unless told (what the control tools get).
 const WAIT: Duration = Duration::from_secs(20);
 
 /// One connection for blocking code. Not for use inside a tokio runtime: it runs its own.
 pub struct Blocking {
-    runtime: Runtime,
-    client: Client,
+    conn: client::Blocking,
     within: Duration,
 }
 
@@ -36,11 +34,9 @@ impl Blocking {
     }
 
     fn dial(remote: &Active) -> Result<Blocking> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let client = runtime
-            .block_on(Client::connect(remote, None, None))
-            .with_context(|| format!("connecting to {remote}"))?;
-        Ok(Blocking { runtime, client, within: WAIT })
+        let conn =
+            client::Blocking::connect(remote, None).with_context(|| format!("connecting to {remote}"))?;
+        Ok(Blocking { conn, within: WAIT })
     }
 
     /// How long each call waits for its reply (20 s unless told).
@@ -50,13 +46,14 @@ impl Blocking {
 
     /// Sends a request without waiting; its reply comes as `Origin::Reply` with this id.
     pub fn request(&mut self, method: &str, params: &Value) -> u64 {
-        self.client.request(method, params)
+        self.conn.client.request(method, params)
     }
 
     /// The reply's `result`; an `error` in the reply is an error. Notifications met meanwhile
     /// are dropped.
     pub fn call(&mut self, method: &str, params: &Value) -> Result<Value> {
-        let mut reply = self.runtime.block_on(self.client.call(method, params, self.within, |_| {}))?;
+        let conn = &mut self.conn;
+        let mut reply = conn.runtime.block_on(conn.client.call(method, params, self.within, |_| {}))?;
         if !reply["error"].is_null() {
             bail!("{method}: {}", reply["error"]);
         }
@@ -81,7 +78,7 @@ impl Blocking {
         end: impl FnOnce(ClientError) + Send + 'static,
     ) -> Reader {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let Blocking { runtime, mut client, .. } = self;
+        let client::Blocking { runtime, mut client } = self.conn;
         let thread = std::thread::spawn(move || {
             let failed = runtime.block_on(async {
                 loop {

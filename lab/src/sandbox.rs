@@ -11,6 +11,16 @@ use anyhow::{bail, Context, Result};
 /// Where Debian's `ovn-common` installs the NB schema; `OVN_NB_SCHEMA` overrides it.
 pub const DEFAULT_NB_SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
 
+/// Polls `cond` until it holds (5 s at most), for the tests: no sleeps standing in for
+/// synchronisation. Panics, naming `what`, if it does not.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "not true within 5 s: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Fails with a message that says which package brings `tool`, if it is not on PATH.
 pub fn require(tool: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

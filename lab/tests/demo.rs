@@ -1,16 +1,8 @@
 //! The README's main job (`tools/demo.sh`): it walks through and leaves nothing behind.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-/// Polls `cond` for up to 5 s (as the product tests do).
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "not true within 5 s: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use ovn_nb_lab::sandbox::eventually;
 
 #[test]
 fn the_demo_walks_through_and_leaves_nothing_running() {

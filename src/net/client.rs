@@ -268,3 +268,19 @@ impl Client {
         tokio::time::timeout(within, wait).await.map_err(|_| ClientError::Timeout(within))?
     }
 }
+
+/// The client driven from blocking code (replay, the lab, the benches), on a current-thread
+/// runtime of its own: `runtime.block_on(client.…)`. Not for use inside a tokio runtime.
+pub struct Blocking {
+    pub runtime: tokio::runtime::Runtime,
+    pub client: Client,
+}
+
+impl Blocking {
+    /// Connects to `remote` (TLS for `ssl:`), without an inactivity probe.
+    pub fn connect(remote: &Active, tls: Option<&Tls>) -> std::io::Result<Blocking> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let client = runtime.block_on(Client::connect(remote, tls, None))?;
+        Ok(Blocking { runtime, client })
+    }
+}

@@ -16,17 +16,22 @@ fn layers() -> Vec<String> {
     lib.lines().filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';')).map(str::to_string).collect()
 }
 
-/// Every `.rs` file under `dir`, with its path relative to `src/`.
-fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
-    for entry in std::fs::read_dir(dir).expect("read src") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            let rel = path.strip_prefix(src()).expect("under src").to_string_lossy().into_owned();
-            out.push((rel, std::fs::read_to_string(&path).expect("read")));
+/// Every `.rs` file under `base`, with its path relative to `base`, and its text.
+fn sources(base: &Path) -> Vec<(String, String)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path.strip_prefix(base).expect("under base").to_string_lossy().into_owned();
+                out.push((rel, std::fs::read_to_string(&path).expect("read")));
+            }
         }
     }
+    let mut out = Vec::new();
+    walk(base, base, &mut out);
+    out
 }
 
 /// The text before the file's unit tests (`#[cfg(test)]`): what the product compiles.
@@ -60,8 +65,7 @@ fn each_layer_imports_only_the_layers_before_it() {
     let names = layers();
     assert!(names.len() >= 6, "src/lib.rs declares the layers: {names:?}");
     let rank: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-    let mut files = Vec::new();
-    sources(&src(), &mut files);
+    let files = sources(&src());
     let mut wrong = Vec::new();
     for (rel, text) in &files {
         let Some(own) = rel.split('/').next().map(|m| m.trim_end_matches(".rs")) else { continue };
@@ -84,8 +88,7 @@ fn the_pure_layers_touch_no_socket_file_or_process() {
     const PURE: &[&str] = &["wire", "policy", "timeline", "cache"];
     const IO: &[&str] =
         &["std::fs", "tokio::fs", "std::net::Tcp", "tokio::net", "std::os::unix::net", "std::process"];
-    let mut files = Vec::new();
-    sources(&src(), &mut files);
+    let files = sources(&src());
     for (rel, text) in &files {
         if PURE.iter().any(|p| rel.starts_with(&format!("{p}/")) || rel == &format!("{p}.rs")) {
             for io in IO {
@@ -114,8 +117,7 @@ fn the_harness_is_not_a_dependency_of_the_product() {
     let deps = manifest.split("[dependencies]").nth(1).expect("[dependencies]");
     let deps = &deps[..deps.find("\n[").unwrap_or(deps.len())];
     assert!(!deps.contains("ovn-nb-lab"), "the product depends on its harness:\n{deps}");
-    let mut files = Vec::new();
-    sources(&src(), &mut files);
+    let files = sources(&src());
     for (rel, text) in &files {
         assert!(!text.contains("ovn_nb_lab"), "{rel} names the harness");
     }
@@ -207,22 +209,19 @@ fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
 #[test]
 fn no_function_over_80_lines_and_no_file_over_600() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    for dir in [root.join("src"), root.join("lab/src")] {
-        let mut these = Vec::new();
-        collect(&dir, &dir, &mut these);
-        files.extend(these);
-    }
+    let files = ["src", "lab/src"].into_iter().flat_map(|dir| {
+        sources(&root.join(dir)).into_iter().map(move |(rel, text)| (format!("{dir}/{rel}"), text))
+    });
     let mut wrong = Vec::new();
-    for (rel, text) in &files {
+    for (rel, text) in files {
         if rel.ends_with("tests.rs") || rel.ends_with("testing.rs") {
             continue;
         }
-        let lines = product_part(text).lines().count();
+        let lines = product_part(&text).lines().count();
         if lines > 600 {
             wrong.push(format!("{rel}: {lines} lines before its tests"));
         }
-        for (name, at, n) in long_functions(text, 80) {
+        for (name, at, n) in long_functions(&text, 80) {
             wrong.push(format!("{rel}:{at}: fn {name} is {n} lines"));
         }
     }
@@ -236,16 +235,4 @@ fn the_size_check_sees_a_long_function() {
         format!("fn short() {{}}\nfn long() {{\n{body}}}\n// fn not_code() {{\n#[cfg(test)]\nfn t() {{}}");
     assert_eq!(long_functions(&text, 80), vec![("long".to_string(), 2, 83)]);
     assert_eq!(code_only("a('{') b r#\"{\"# c '\\'' d<'a>"), "a( ) b   c   d< a>");
-}
-
-fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
-    for entry in std::fs::read_dir(dir).expect("read dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            collect(base, &path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            let rel = path.strip_prefix(base).expect("under base").to_string_lossy().into_owned();
-            out.push((format!("{}/{rel}", base.display()), std::fs::read_to_string(&path).expect("read")));
-        }
-    }
 }

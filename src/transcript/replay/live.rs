@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::parse::{id_text, nonnull_id};
 use super::ReplayError;
-use crate::net::client::{Client, ClientError};
+use crate::net::client::{Blocking, ClientError};
 use crate::net::remote::Active;
 use crate::net::tls::Tls;
 
@@ -19,8 +19,7 @@ pub(super) const WAIT: Duration = Duration::from_secs(10);
 /// One connection to the database: what arrived, sorted into replies by id and notifications
 /// in order. The server's echo probes are answered as they arrive.
 pub(super) struct Live {
-    runtime: tokio::runtime::Runtime,
-    client: Client,
+    conn: Blocking,
     replies: HashMap<String, VecDeque<Value>>,
     notes: VecDeque<Value>,
     barriers: u64,
@@ -28,18 +27,11 @@ pub(super) struct Live {
 
 impl Live {
     pub(super) fn connect(upstreams: &[Active], tls: Option<&Tls>) -> Result<Live, ReplayError> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut last = ReplayError::NoUpstream;
         for remote in upstreams {
-            match runtime.block_on(Client::connect(remote, tls, None)) {
-                Ok(client) => {
-                    return Ok(Live {
-                        runtime,
-                        client,
-                        replies: HashMap::new(),
-                        notes: VecDeque::new(),
-                        barriers: 0,
-                    })
+            match Blocking::connect(remote, tls) {
+                Ok(conn) => {
+                    return Ok(Live { conn, replies: HashMap::new(), notes: VecDeque::new(), barriers: 0 })
                 }
                 Err(source) => last = ReplayError::Connect { remote: remote.to_string(), source },
             }
@@ -48,9 +40,8 @@ impl Live {
     }
 
     /// Queues `bytes` for the server (a failed connection shows at the next read).
-    pub(super) fn send(&mut self, bytes: &[u8]) -> Result<(), ReplayError> {
-        self.client.send_raw(bytes.to_vec());
-        Ok(())
+    pub(super) fn send(&mut self, bytes: Vec<u8>) {
+        self.conn.client.send_raw(bytes);
     }
 
     /// Reads one message, waiting until `deadline` at most; false if nothing came in time.
@@ -59,8 +50,8 @@ impl Live {
         if left.is_zero() {
             return Ok(false);
         }
-        let next = self.client.next(|m| serde_json::from_slice::<Value>(m.bytes));
-        match self.runtime.block_on(tokio::time::timeout(left, next)) {
+        let next = self.conn.client.next(|m| serde_json::from_slice::<Value>(m.bytes));
+        match self.conn.runtime.block_on(tokio::time::timeout(left, next)) {
             Err(_) => Ok(false),
             Ok(Ok(msg)) => {
                 self.sort(msg?);
@@ -106,7 +97,7 @@ impl Live {
     pub(super) fn barrier(&mut self) -> Result<bool, ReplayError> {
         self.barriers += 1;
         let id = json!(["ovn-nb-proxy-replay", self.barriers]);
-        self.send(json!({"id": id, "method": "echo", "params": []}).to_string().as_bytes())?;
+        self.send(json!({"id": id, "method": "echo", "params": []}).to_string().into_bytes());
         Ok(self.reply(&id_text(&id))?.is_some())
     }
 

@@ -57,7 +57,10 @@ pub(super) fn replay_session(
     let mut r = Replaying { number, live, sent: HashMap::new(), map, report };
     for step in &s.steps {
         let outcome = match &step.kind {
-            StepKind::Send { raw, msg, trim } => r.send(raw, msg, *trim).map(|()| Flow::Next),
+            StepKind::Send { raw, msg, trim } => {
+                r.send(raw, msg, *trim);
+                Ok(Flow::Next)
+            }
             StepKind::Reply { id, msg } => r.reply(step.line, id, msg),
             StepKind::Notification { msg } => r.notification(step.line, msg).map(|()| Flow::Next),
         };
@@ -96,19 +99,17 @@ impl Replaying<'_> {
     }
 
     /// Sends a client message, with uuids mapped; a request then awaits its reply.
-    fn send(&mut self, raw: &str, msg: &Value, trim: Trim) -> Result<(), ReplayError> {
+    fn send(&mut self, raw: &str, msg: &Value, trim: Trim) {
         let mapped = self.map.substitute(msg);
         match &mapped {
-            Some(m) => self.live.send(m.to_string().as_bytes()),
-            None => self.live.send(raw.as_bytes()),
+            Some(m) => self.live.send(m.to_string().into_bytes()),
+            None => self.live.send(raw.as_bytes().to_vec()),
         }
-        .map(|()| {
-            if let Some(id) = nonnull_id(msg) {
-                self.report.requests += 1;
-                let msg = mapped.unwrap_or_else(|| msg.clone());
-                self.sent.entry(id_text(id)).or_default().push_back((msg, trim));
-            }
-        })
+        if let Some(id) = nonnull_id(msg) {
+            self.report.requests += 1;
+            let msg = mapped.unwrap_or_else(|| msg.clone());
+            self.sent.entry(id_text(id)).or_default().push_back((msg, trim));
+        }
     }
 
     /// Compares the live reply to the request with canonical id `id` with the recorded one.

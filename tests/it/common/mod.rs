@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use ovn_nb_lab::sandbox::{ovn_nbctl, run_tool, NbServer};
+pub use ovn_nb_lab::sandbox::{eventually, ovn_nbctl, run_tool, NbServer};
 
 pub mod model;
 
@@ -171,15 +171,6 @@ impl Drop for Proxy {
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Polls `cond` until it holds (5 s at most): no sleeps standing in for synchronisation.
-pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "not true within 5 s: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A raw JSON-RPC connection to a unix socket, reading whole messages with the crate's codec.

@@ -18,7 +18,9 @@
 //! Pinned to one CPU, nobody waits for a sleeping vCPU to wake: what a middle process adds is
 //! then its own work, not the scheduler's.
 //!
-//! `SBS_RUNS` (default 3): interleaved runs per measurement, medians reported.
+//! `SBS_RUNS` (default 3; dumps: at least 7): interleaved runs per measurement, medians
+//! reported. Round-trip rows also print the proxy minus socat run by run, and the proxy's
+//! scheduler accounting per thread (on a CPU, waiting for one) per op.
 //! `SBS_PORTS` (default `20000,100000`): database sizes for the dumps; the other measurements use
 //! the first size. `SBS_BIG_MB` (default 500): size of the monitor reply for the RSS measurement;
 //! 0 skips it. `SBS_ONLY` (default all): a comma list of `dump`, `nbctl`, `rtt`, `tput`, `bulk`,
@@ -27,6 +29,7 @@
 //! `SBS_PROXY_THREADS`: the proxy's `--threads` (default: the proxy's default, 1).
 //! `SBS_PROXY_BIN`: another build of the proxy to measure (an earlier commit's, say).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -471,25 +474,60 @@ struct Row {
     what: String,
     unit: &'static str,
     values: [f64; 4],
+    /// Each run's figure per path, in run order (the paths of one run are measured back to back).
+    runs: [Vec<f64>; 4],
     /// The proxy's CPU time (all threads) per run, median, and the operations in one run.
     proxy_cpu_ms: f64,
+    /// Per thread name, medians over the runs: ms on a CPU, ms runnable and waiting for one.
+    proxy_threads: Vec<(String, f64, f64)>,
     ops: usize,
 }
 
 impl Row {
-    fn new(what: String, unit: &'static str, ops: usize, (values, proxy_cpu_ms): ([f64; 4], f64)) -> Row {
-        Row { what, unit, values, proxy_cpu_ms, ops }
+    fn new(what: String, unit: &'static str, ops: usize, m: Measured) -> Row {
+        let proxy_cpu_ms = median(m.threads.iter().map(|t| t.values().map(|v| v.0).sum()).collect());
+        let mut names: Vec<&String> = m.threads.iter().flat_map(|t| t.keys()).collect();
+        names.sort();
+        names.dedup();
+        let proxy_threads = names
+            .into_iter()
+            .map(|n| {
+                let of = |pick: fn(&(f64, f64)) -> f64| {
+                    median(m.threads.iter().map(|t| t.get(n).map_or(0.0, pick)).collect())
+                };
+                (n.clone(), of(|v| v.0), of(|v| v.1))
+            })
+            .collect();
+        Row { what, unit, values: m.runs.clone().map(median), runs: m.runs, proxy_cpu_ms, proxy_threads, ops }
     }
+}
+
+/// What [`Paths::measure`] took: each run's figure per path, and the proxy's scheduler
+/// accounting per run, by thread name (ms on a CPU, ms waiting for one).
+struct Measured {
+    runs: [Vec<f64>; 4],
+    threads: Vec<BTreeMap<String, (f64, f64)>>,
+}
+
+/// The scheduler's accounting of a process's threads (`/proc/PID/task/*/schedstat`), summed by
+/// thread name: ns on a CPU, ns runnable and waiting for one.
+fn sched_by_thread(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(t.path().join(f));
+        let (Ok(comm), Ok(stat)) = (read("comm"), read("schedstat")) else { continue };
+        let mut fields = stat.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+        let e: &mut (u64, u64) = out.entry(comm.trim().to_string()).or_default();
+        e.0 += fields.next().unwrap_or(0);
+        e.1 += fields.next().unwrap_or(0);
+    }
+    out
 }
 
 /// CPU time a process has used, all threads (ns, from the scheduler's accounting).
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
-        .sum()
+    sched_by_thread(pid).values().map(|v| v.0).sum()
 }
 
 /// The four paths to one database. The proxy runs only while it is measured: its own port
@@ -551,9 +589,9 @@ impl Paths {
         warm: bool,
         monitored: bool,
         mut f: impl FnMut(&str) -> Result<f64>,
-    ) -> Result<([f64; 4], f64)> {
+    ) -> Result<Measured> {
         let mut samples: [Vec<f64>; 4] = Default::default();
-        let mut cpu = Vec::new();
+        let mut threads = Vec::new();
         let timed = |f: &mut dyn FnMut(&str) -> Result<f64>, r: &str| -> Result<f64> {
             if warm {
                 f(r)?;
@@ -578,9 +616,18 @@ impl Paths {
             if warm {
                 f(&remote)?;
             }
-            let before = cpu_ns(proxy.pid());
+            let before = sched_by_thread(proxy.pid());
             samples[3].push(f(&remote)?);
-            cpu.push((cpu_ns(proxy.pid()) - before) as f64 / 1e6);
+            let after = sched_by_thread(proxy.pid());
+            threads.push(
+                after
+                    .into_iter()
+                    .map(|(name, (run, wait))| {
+                        let (r0, w0) = before.get(&name).copied().unwrap_or_default();
+                        (name, ((run - r0) as f64 / 1e6, (wait - w0) as f64 / 1e6))
+                    })
+                    .collect(),
+            );
             self.proxy_hwm_kb = self.proxy_hwm_kb.max(status_kb(proxy.pid(), "VmHWM:").unwrap_or(0));
             if let Some(wait) = self.rss_after {
                 std::thread::sleep(wait);
@@ -590,7 +637,7 @@ impl Paths {
                 self.proxy_fresh_kb = status_kb(fresh.pid(), "VmRSS:").unwrap_or(0);
             }
         }
-        Ok((samples.map(median), median(cpu)))
+        Ok(Measured { runs: samples, threads })
     }
 }
 
@@ -917,7 +964,8 @@ fn main() -> Result<()> {
         // One untimed dump per path: warm caches, check everything answers.
         paths.measure(1, false, false, dump_ms)?;
         if want("dump") {
-            let dump_runs = if size > 50_000 { runs } else { runs.max(5) };
+            // A dump moves by ±10% from run to run on 2 vCPUs: 7 runs at least.
+            let dump_runs = runs.max(7);
             eprintln!("  dump × {dump_runs} per path");
             rows.push(Row::new(
                 format!("`ovsdb-client dump` Logical_Switch_Port, {size} ports (median of {dump_runs})"),
@@ -1017,6 +1065,23 @@ fn main() -> Result<()> {
                 r.values[2] - r.values[0],
                 r.values[3] - r.values[0]
             );
+            let per_run: Vec<String> =
+                r.runs[3].iter().zip(&r.runs[1]).map(|(p, s)| format!("{:+.1}", p - s)).collect();
+            let per_op = |ms: f64| ms * 1e3 / r.ops as f64;
+            let threads: Vec<String> = r
+                .proxy_threads
+                .iter()
+                .filter(|t| per_op(t.1) >= 0.1)
+                .map(|(name, run, wait)| {
+                    format!(
+                        "`{name}` on a CPU {:.1} µs, waiting for one {:.1} µs",
+                        per_op(*run),
+                        per_op(*wait)
+                    )
+                })
+                .collect();
+            println!("  - the proxy minus socat, run by run: {} µs", per_run.join(", "));
+            println!("  - the proxy's threads per op: {}", threads.join("; "));
         }
     }
     for l in &proxy_rss {

@@ -473,32 +473,41 @@ const PATHS: [&str; 4] = ["direct", "socat", "ovsdb relay", "proxy"];
 struct Row {
     what: String,
     unit: &'static str,
-    values: [f64; 4],
-    /// Each run's figure per path, in run order (the paths of one run are measured back to back).
-    runs: [Vec<f64>; 4],
-    /// The proxy's CPU time (all threads) per run, median, and the operations in one run.
-    proxy_cpu_ms: f64,
-    /// Per thread name, medians over the runs: ms on a CPU, ms runnable and waiting for one.
-    proxy_threads: Vec<(String, f64, f64)>,
+    /// The operations in one run.
     ops: usize,
+    measured: Measured,
 }
 
 impl Row {
-    fn new(what: String, unit: &'static str, ops: usize, m: Measured) -> Row {
-        let proxy_cpu_ms = median(m.threads.iter().map(|t| t.values().map(|v| v.0).sum()).collect());
-        let mut names: Vec<&String> = m.threads.iter().flat_map(|t| t.keys()).collect();
+    fn new(what: String, unit: &'static str, ops: usize, measured: Measured) -> Row {
+        Row { what, unit, ops, measured }
+    }
+
+    /// Each path's median over the runs.
+    fn values(&self) -> [f64; 4] {
+        self.measured.runs.clone().map(median)
+    }
+
+    /// The proxy's CPU time in one run (all threads), median over the runs, ms.
+    fn proxy_cpu_ms(&self) -> f64 {
+        median(self.measured.threads.iter().map(|t| t.values().map(|v| v.0).sum()).collect())
+    }
+
+    /// Per thread name, medians over the runs: ms on a CPU, ms runnable and waiting for one.
+    fn proxy_threads(&self) -> Vec<(&str, f64, f64)> {
+        let runs = &self.measured.threads;
+        let mut names: Vec<&str> = runs.iter().flat_map(|t| t.keys().map(String::as_str)).collect();
         names.sort();
         names.dedup();
-        let proxy_threads = names
+        names
             .into_iter()
             .map(|n| {
                 let of = |pick: fn(&(f64, f64)) -> f64| {
-                    median(m.threads.iter().map(|t| t.get(n).map_or(0.0, pick)).collect())
+                    median(runs.iter().map(|t| t.get(n).map_or(0.0, pick)).collect())
                 };
-                (n.clone(), of(|v| v.0), of(|v| v.1))
+                (n, of(|v| v.0), of(|v| v.1))
             })
-            .collect();
-        Row { what, unit, values: m.runs.clone().map(median), runs: m.runs, proxy_cpu_ms, proxy_threads, ops }
+            .collect()
     }
 }
 
@@ -623,8 +632,9 @@ impl Paths {
                 after
                     .into_iter()
                     .map(|(name, (run, wait))| {
+                        // A thread that exited meanwhile takes its time with it: no underflow.
                         let (r0, w0) = before.get(&name).copied().unwrap_or_default();
-                        (name, ((run - r0) as f64 / 1e6, (wait - w0) as f64 / 1e6))
+                        (name, (run.saturating_sub(r0) as f64 / 1e6, wait.saturating_sub(w0) as f64 / 1e6))
                     })
                     .collect(),
             );
@@ -656,11 +666,12 @@ fn print_table(rows: &[Row]) {
                 format!("{v:.2} {}", r.unit)
             }
         };
-        let cpu_us = r.proxy_cpu_ms * 1e3 / r.ops as f64;
+        let cpu_us = r.proxy_cpu_ms() * 1e3 / r.ops as f64;
         let cpu =
             if cpu_us >= 1000.0 { format!("{:.1} ms", cpu_us / 1e3) } else { format!("{cpu_us:.1} µs") };
-        let values: Vec<String> = r.values.iter().map(|&v| fmt(v)).collect();
-        let ratios: Vec<String> = r.values[1..].iter().map(|v| format!("{:.3}×", v / r.values[0])).collect();
+        let v = r.values();
+        let values: Vec<String> = v.iter().map(|&v| fmt(v)).collect();
+        let ratios: Vec<String> = v[1..].iter().map(|x| format!("{:.3}×", x / v[0])).collect();
         println!("| {} | {} | {} | {cpu} |", r.what, values.join(" | "), ratios.join(" | "));
     }
 }
@@ -1058,26 +1069,24 @@ fn main() -> Result<()> {
     println!();
     for r in &rows {
         if r.unit == "µs" {
+            let v = r.values();
             println!(
                 "- {}: socat adds {:.1} µs, the ovsdb relay {:.1} µs, the proxy {:.1} µs",
                 r.what,
-                r.values[1] - r.values[0],
-                r.values[2] - r.values[0],
-                r.values[3] - r.values[0]
+                v[1] - v[0],
+                v[2] - v[0],
+                v[3] - v[0]
             );
+            let runs = &r.measured.runs;
             let per_run: Vec<String> =
-                r.runs[3].iter().zip(&r.runs[1]).map(|(p, s)| format!("{:+.1}", p - s)).collect();
+                runs[3].iter().zip(&runs[1]).map(|(p, s)| format!("{:+.1}", p - s)).collect();
             let per_op = |ms: f64| ms * 1e3 / r.ops as f64;
             let threads: Vec<String> = r
-                .proxy_threads
-                .iter()
+                .proxy_threads()
+                .into_iter()
                 .filter(|t| per_op(t.1) >= 0.1)
                 .map(|(name, run, wait)| {
-                    format!(
-                        "`{name}` on a CPU {:.1} µs, waiting for one {:.1} µs",
-                        per_op(*run),
-                        per_op(*wait)
-                    )
+                    format!("`{name}` on a CPU {:.1} µs, waiting for one {:.1} µs", per_op(run), per_op(wait))
                 })
                 .collect();
             println!("  - the proxy minus socat, run by run: {} µs", per_run.join(", "));
